@@ -1,0 +1,12 @@
+"""bitnet: drive BitNet b1.58 ternary accelerators from Python.
+
+The default device is ``"sim"``, a bit-exact software model of the card that also runs real
+BitNet b1.58 models on the CPU.
+"""
+from __future__ import annotations
+
+from .errors import BitNetError, ErrorCode
+
+__version__ = "0.1.0"
+
+__all__ = ["BitNetError", "ErrorCode", "__version__"]
