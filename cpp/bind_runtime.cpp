@@ -1,6 +1,176 @@
-// bind_runtime.cpp: Python access to the device and runtime.
+// bind_runtime.cpp: the Device/Job API of bitnet._core. The Python package (core.py) wraps
+// these in the seed API; every call that touches the card or runs the model releases the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
 #include "bindings.h"
+#include "device.h"
+
+namespace py = pybind11;
 
 namespace bitnet {
-void bind_runtime(pybind11::module_& m) {}
+namespace {
+
+py::array_t<int32_t> to_numpy(const std::vector<int32_t>& v) {
+    py::array_t<int32_t> out(static_cast<py::ssize_t>(v.size()));
+    std::copy(v.begin(), v.end(), out.mutable_data());
+    return out;
+}
+
+std::vector<int32_t> from_numpy(const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& a) {
+    if (a.ndim() != 1) throw Error(ErrorCode::INVALID, "token array must be 1-D");
+    return std::vector<int32_t>(a.data(), a.data() + a.size());
+}
+
+py::dict config_dict(const Model& m) {
+    const ModelConfig& c = m.config();
+    py::dict d;
+    d["arch"] = c.arch;
+    d["name"] = c.name;
+    d["vocab_size"] = c.n_vocab;
+    d["hidden_size"] = c.n_embd;
+    d["num_layers"] = c.n_layer;
+    d["num_heads"] = c.n_head;
+    d["num_kv_heads"] = c.n_head_kv;
+    d["head_dim"] = c.head_dim;
+    d["intermediate_size"] = c.n_ff;
+    d["max_seq_len"] = c.n_ctx;
+    d["rms_norm_eps"] = c.rms_eps;
+    d["rope_theta"] = c.rope_theta;
+    d["rope_dim"] = c.rope_dim;
+    d["rope_style"] = rope_style_name(c.rope_style);
+    d["activation"] = activation_name(c.act);
+    d["sub_norms"] = c.sub_norms;
+    d["tied_output"] = c.tied_output;
+    d["bos_token_id"] = c.bos_token;
+    d["eos_token_id"] = c.eos_token;
+    d["stop_token_ids"] = c.stop_tokens;
+    d["weight_size"] = m.weight_size();
+    d["card_weight_bytes"] = m.ternary_bytes();
+    d["embedding_type"] = tensor_type_name(m.embedding().tensor->type);
+    d["output_type"] = tensor_type_name(m.output().tensor->type);
+    d["path"] = m.path();
+    d["gguf_version"] = m.file().version();
+    d["notes"] = m.notes();
+    return d;
+}
+
+}  // namespace
+
+void bind_runtime(py::module_& m) {
+    py::class_<Job, std::shared_ptr<Job>>(m, "Job", "A generation job running on a Device.")
+        .def("wait", &Job::wait, py::arg("timeout_ms") = -1, py::call_guard<py::gil_scoped_release>(),
+             "Wait up to timeout_ms (negative: forever); True if the job has finished.")
+        .def("wait_for_tokens", &Job::wait_for_tokens, py::arg("n"), py::arg("timeout_ms") = -1,
+             py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("done", &Job::done)
+        .def("abort", &Job::abort)
+        .def("tokens", [](const Job& j) { return to_numpy(j.tokens()); })
+        .def("tokens_from", [](const Job& j, size_t start) { return to_numpy(j.tokens_from(start)); })
+        .def_property_readonly("stop_reason", &Job::stop_reason)
+        .def("rethrow_if_failed", &Job::rethrow_if_failed);
+
+    py::class_<Device>(m, "Device", "A BitNet card (simulated or real) with its loaded model.")
+        .def(py::init([](const std::string& spec, const std::string& profile) {
+                 return std::make_unique<Device>(spec, sim::board_profile(profile));
+             }),
+             py::arg("spec") = "sim", py::arg("profile") = "vibee-zcu104")
+        .def_property_readonly("spec", &Device::spec)
+        .def_property_readonly("closed", &Device::closed)
+        .def_property_readonly("busy", &Device::busy)
+        .def("close", &Device::close, py::call_guard<py::gil_scoped_release>())
+        .def("load_model", &Device::load_model, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("has_model", &Device::has_model)
+        .def("model_config",
+             [](const Device& d) -> py::object {
+                 auto model = d.model();
+                 if (!model) return py::none();
+                 return config_dict(*model);
+             })
+        .def("logits",
+             [](Device& d, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {
+                 std::vector<int32_t> toks = from_numpy(tokens);
+                 std::vector<float> out;
+                 {
+                     py::gil_scoped_release nogil;
+                     out = d.logits(toks);
+                 }
+                 const auto model = d.model();
+                 const py::ssize_t V = static_cast<py::ssize_t>(model->config().n_vocab);
+                 py::array_t<float> arr({static_cast<py::ssize_t>(toks.size()), V});
+                 std::copy(out.begin(), out.end(), arr.mutable_data());
+                 return arr;
+             },
+             py::arg("tokens"))
+        .def("submit",
+             [](Device& d, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens,
+                int64_t max_new_tokens, float temperature, int64_t top_k, float top_p, uint64_t seed,
+                std::vector<int32_t> stop_tokens) {
+                 GenerateRequest req;
+                 req.prompt = from_numpy(tokens);
+                 req.max_new_tokens = max_new_tokens;
+                 req.sampling.temperature = temperature;
+                 req.sampling.top_k = top_k;
+                 req.sampling.top_p = top_p;
+                 req.sampling.seed = seed;
+                 req.stop_tokens = std::move(stop_tokens);
+                 py::gil_scoped_release nogil;
+                 return d.submit(req);
+             },
+             py::arg("tokens"), py::arg("max_new_tokens"), py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
+             py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("stop_tokens") = std::vector<int32_t>{})
+        .def("status",
+             [](const Device& d) {
+                 DeviceStatus s = d.status();
+                 py::dict r;
+                 r["state"] = device_state_name(s.state);
+                 r["current_layer"] = s.current_layer;
+                 r["tokens_processed"] = s.tokens_processed;
+                 r["error_code"] = s.error_code;
+                 return r;
+             })
+        .def("perf",
+             [](const Device& d) {
+                 DevicePerf p = d.perf();
+                 py::dict r;
+                 r["total_cycles"] = p.counters.total_cycles;
+                 r["dma_cycles"] = p.counters.dma_cycles;
+                 r["compute_cycles"] = p.counters.compute_cycles;
+                 r["commands"] = p.counters.commands;
+                 r["matmuls"] = p.counters.matmuls;
+                 r["macs"] = p.counters.macs;
+                 r["dma_bytes"] = p.counters.dma_bytes;
+                 r["weight_bytes_read"] = p.counters.weight_bytes_read;
+                 r["clock_mhz"] = p.clock_mhz;
+                 r["inference_count"] = p.inference_count;
+                 r["tokens_generated"] = p.tokens_generated;
+                 r["tokens_prefilled"] = p.tokens_prefilled;
+                 r["tokens_per_second"] = p.tokens_per_second;
+                 r["last_job_seconds"] = p.last_job_seconds;
+                 return r;
+             })
+        .def("card_info",
+             [](const Device& d) {
+                 const Transport& t = d.transport();
+                 const sim::BoardProfile p = t.profile();
+                 py::dict r;
+                 r["transport"] = t.name();
+                 r["kernel"] = t.kernel_name();
+                 r["profile"] = p.name;
+                 r["clock_mhz"] = p.clock_mhz;
+                 r["lanes"] = p.lanes;
+                 r["lane_width"] = p.lane_width;
+                 r["ddr_gbps"] = p.ddr_gbps;
+                 r["dma_gbps"] = p.dma_gbps;
+                 r["weight_capacity"] = t.weight_capacity();
+                 r["weight_used"] = t.weight_used();
+                 return r;
+             })
+        .def("abort", &Device::abort)
+        .def("reset", &Device::reset, py::call_guard<py::gil_scoped_release>());
+
+    m.def("board_profiles", &sim::board_profile_names);
+    m.def("available_kernels", &sim::available_kernels);
+}
+
 }  // namespace bitnet

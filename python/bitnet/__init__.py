@@ -5,8 +5,18 @@ BitNet b1.58 models on the CPU.
 """
 from __future__ import annotations
 
+from .core import BitNet, BitNetModelInfo, BitNetPerformance, BitNetStatus, default_device
 from .errors import BitNetError, ErrorCode
 
 __version__ = "0.1.0"
 
-__all__ = ["BitNetError", "ErrorCode", "__version__"]
+__all__ = [
+    "BitNet",
+    "BitNetError",
+    "BitNetModelInfo",
+    "BitNetPerformance",
+    "BitNetStatus",
+    "ErrorCode",
+    "default_device",
+    "__version__",
+]

@@ -1,0 +1,420 @@
+// device.cpp: Device and Job (see device.h).
+#include "device.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "log.h"
+
+namespace bitnet {
+
+const char* device_state_name(DeviceState s) {
+    switch (s) {
+        case DeviceState::IDLE: return "IDLE";
+        case DeviceState::LOADING_WEIGHTS: return "LOADING_WEIGHTS";
+        case DeviceState::RUNNING: return "RUNNING";
+        case DeviceState::DMA_TRANSFER: return "DMA_TRANSFER";
+        case DeviceState::ERROR: return "ERROR";
+    }
+    return "UNKNOWN";
+}
+
+// ------------------------------------------------------------------------------------ Job
+
+void Job::push(int32_t token) {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        tokens_.push_back(token);
+    }
+    cv_.notify_all();
+}
+
+void Job::finish(const std::string& reason, std::exception_ptr error) {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        done_ = true;
+        reason_ = reason;
+        error_ = error;
+    }
+    cv_.notify_all();
+}
+
+bool Job::wait(int64_t timeout_ms) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (timeout_ms < 0) {
+        cv_.wait(lock, [this] { return done_; });
+        return true;
+    }
+    return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [this] { return done_; });
+}
+
+size_t Job::wait_for_tokens(size_t n, int64_t timeout_ms) {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto ready = [&] { return done_ || tokens_.size() >= n; };
+    if (timeout_ms < 0) cv_.wait(lock, ready);
+    else cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
+    return tokens_.size();
+}
+
+bool Job::done() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+}
+
+std::vector<int32_t> Job::tokens() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tokens_;
+}
+
+std::vector<int32_t> Job::tokens_from(size_t start) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (start >= tokens_.size()) return {};
+    return std::vector<int32_t>(tokens_.begin() + static_cast<std::ptrdiff_t>(start), tokens_.end());
+}
+
+std::string Job::stop_reason() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reason_;
+}
+
+void Job::rethrow_if_failed() const {
+    std::exception_ptr e;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        e = error_;
+    }
+    if (e) std::rethrow_exception(e);
+}
+
+// --------------------------------------------------------------------------------- Device
+
+Device::Device(const std::string& spec, const sim::BoardProfile& profile) : spec_(spec) {
+    if (spec == "sim") {
+        transport_ = make_sim_transport(profile);
+    } else if (spec.rfind("/dev/", 0) == 0) {
+        struct stat st;
+        if (::stat(spec.c_str(), &st) != 0) {
+            const int err = errno;
+            throw Error(ErrorCode::OPEN, "cannot open " + spec + ": " + std::strerror(err) +
+                                             ". No BitNet card is present at that path; use device=\"sim\" for the "
+                                             "simulator");
+        }
+        throw Error(ErrorCode::OPEN, "cannot open " + spec +
+                                         ": the kernel-driver transport is not available in this build yet; use "
+                                         "device=\"sim\"");
+    } else {
+        throw Error(ErrorCode::INVALID, "unknown device '" + spec + "': use \"sim\" or a card node such as \"/dev/bitnet0\"");
+    }
+}
+
+Device::~Device() {
+    try {
+        close();
+    } catch (...) {
+    }
+}
+
+void Device::join_worker() {
+    if (worker_.joinable() && worker_.get_id() != std::this_thread::get_id()) worker_.join();
+}
+
+void Device::close() {
+    if (closed_.exchange(true)) return;
+    std::shared_ptr<Job> job;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        job = job_;
+    }
+    if (job) job->abort();
+    join_worker();
+    std::lock_guard<std::mutex> lock(mu_);
+    engine_.reset();
+    model_.reset();
+    transport_.reset();
+}
+
+void Device::check_open() const {
+    if (closed_.load()) throw Error(ErrorCode::CLOSED, "the device is closed; create a new BitNet() to continue");
+}
+
+void Device::check_model() const {
+    if (!model_) throw Error(ErrorCode::STATE, "no model is loaded; call load_weights(path) first");
+}
+
+void Device::acquire() {
+    bool expected = false;
+    if (!running_.compare_exchange_strong(expected, true))
+        throw Error(ErrorCode::BUSY, "the device is busy with another job; wait() for it or abort() it first");
+}
+
+void Device::release() { running_.store(false); }
+
+bool Device::has_model() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return model_ != nullptr;
+}
+
+std::shared_ptr<const Model> Device::model() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return model_;
+}
+
+void Device::load_model(const std::string& path) {
+    check_open();
+    acquire();
+    join_worker();
+    state_.store(static_cast<int>(DeviceState::LOADING_WEIGHTS));
+    try {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            engine_.reset();
+            model_.reset();
+        }
+        transport_->free_all();
+        auto model = std::make_shared<Model>(path, *transport_, 0);
+        auto engine = std::make_unique<Engine>(*model, *transport_);
+        std::lock_guard<std::mutex> lock(mu_);
+        model_ = std::move(model);
+        engine_ = std::move(engine);
+    } catch (...) {
+        try {
+            transport_->free_all();
+        } catch (...) {
+        }
+        state_.store(static_cast<int>(DeviceState::IDLE));
+        release();
+        throw;
+    }
+    state_.store(static_cast<int>(DeviceState::IDLE));
+    error_code_.store(0);
+    release();
+}
+
+void Device::validate_tokens(const std::vector<int32_t>& tokens, const char* what) const {
+    const ModelConfig& c = model_->config();
+    if (tokens.empty()) throw Error(ErrorCode::INVALID, std::string(what) + " is empty; pass at least one token id");
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        if (tokens[i] < 0 || tokens[i] >= c.n_vocab)
+            throw Error(ErrorCode::INVALID, std::string(what) + "[" + std::to_string(i) + "] = " +
+                                                std::to_string(tokens[i]) + " is not a token id of this model (0.." +
+                                                std::to_string(c.n_vocab - 1) + ")");
+    }
+    if (static_cast<int64_t>(tokens.size()) > c.n_ctx)
+        throw Error(ErrorCode::INVALID, std::string(what) + " has " + std::to_string(tokens.size()) +
+                                            " tokens, more than the model's max_seq_len " + std::to_string(c.n_ctx));
+}
+
+std::shared_ptr<Job> Device::submit(const GenerateRequest& req) {
+    check_open();
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        check_model();
+        validate_tokens(req.prompt, "input_tokens");
+    }
+    if (req.max_new_tokens < 0)
+        throw Error(ErrorCode::INVALID, "max_output must be >= 0, got " + std::to_string(req.max_new_tokens));
+    validate_sampling(req.sampling);
+    if (state_.load() == static_cast<int>(DeviceState::ERROR))
+        throw Error(ErrorCode::STATE, "the device is in the ERROR state (code " + std::to_string(error_code_.load()) +
+                                          "); call reset() first");
+    acquire();
+    join_worker();
+    auto job = std::make_shared<Job>();
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        job_ = job;
+    }
+    state_.store(static_cast<int>(DeviceState::RUNNING));
+    current_layer_.store(0);
+    tokens_processed_.store(0);
+    try {
+        worker_ = std::thread([this, job, req] { run_job(job, req); });
+    } catch (const std::exception& e) {
+        state_.store(static_cast<int>(DeviceState::IDLE));
+        release();
+        throw Error(ErrorCode::NO_MEMORY, std::string("could not start the job thread: ") + e.what());
+    }
+    return job;
+}
+
+void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string reason = "length";
+    std::exception_ptr error;
+    int64_t generated = 0;
+    try {
+        std::shared_ptr<Model> model;
+        Engine* engine;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            model = model_;
+            engine = engine_.get();
+        }
+        const ModelConfig& c = model->config();
+        const int64_t P = static_cast<int64_t>(req.prompt.size());
+        const int64_t max_new = std::min(req.max_new_tokens, c.n_ctx - P);
+        RunHooks hooks{&job->abort_, &current_layer_};
+        Sampler sampler(req.sampling);
+        KVCache cache(c);
+        cache.reserve(P + std::max<int64_t>(max_new, 0));
+        std::vector<float> logits;
+        if (max_new > 0) {
+            // Prefill in chunks (bounded activation memory), logits only for the last token.
+            const int64_t chunk = 256;
+            for (int64_t s = 0; s < P; s += chunk) {
+                const int64_t e = std::min(P, s + chunk);
+                std::vector<ForwardRow> rows;
+                for (int64_t i = s; i < e; ++i) rows.push_back({&cache, req.prompt[i], i, i == P - 1});
+                engine->forward(rows, logits, hooks);
+                tokens_processed_.fetch_add(e - s);
+            }
+            for (;;) {
+                const int32_t tok = sampler.sample(logits.data(), c.n_vocab);
+                job->push(tok);
+                ++generated;
+                tokens_processed_.fetch_add(1);
+                if (std::find(req.stop_tokens.begin(), req.stop_tokens.end(), tok) != req.stop_tokens.end()) {
+                    reason = "stop";
+                    break;
+                }
+                if (generated >= max_new) {
+                    reason = "length";
+                    break;
+                }
+                if (job->abort_.load()) throw Error(ErrorCode::ABORTED, "aborted");
+                std::vector<ForwardRow> rows{{&cache, tok, cache.n_pos, true}};
+                engine->forward(rows, logits, hooks);
+            }
+        }
+        state_.store(static_cast<int>(DeviceState::IDLE));
+    } catch (const Error& e) {
+        if (e.code() == ErrorCode::ABORTED) {
+            reason = "aborted";
+            state_.store(static_cast<int>(DeviceState::IDLE));
+        } else {
+            reason = "error";
+            error = std::current_exception();
+            error_code_.store(static_cast<int>(e.code()));
+            state_.store(static_cast<int>(DeviceState::ERROR));
+            log_message(LogLevel::ERROR, std::string("job failed: ") + e.what());
+        }
+    } catch (const std::bad_alloc&) {
+        reason = "error";
+        error = std::make_exception_ptr(Error(ErrorCode::NO_MEMORY, "out of host memory during generation"));
+        error_code_.store(static_cast<int>(ErrorCode::NO_MEMORY));
+        state_.store(static_cast<int>(DeviceState::ERROR));
+    } catch (const std::exception& e) {
+        reason = "error";
+        error = std::make_exception_ptr(Error(ErrorCode::HW_ERROR, std::string("job failed: ") + e.what()));
+        error_code_.store(static_cast<int>(ErrorCode::HW_ERROR));
+        state_.store(static_cast<int>(DeviceState::ERROR));
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    {
+        std::lock_guard<std::mutex> lock(perf_mu_);
+        perf_.inference_count += 1;
+        perf_.tokens_generated += static_cast<uint64_t>(generated);
+        perf_.tokens_prefilled += req.prompt.size();
+        perf_.last_job_seconds = secs;
+        perf_.tokens_per_second = secs > 0 ? static_cast<double>(generated) / secs : 0.0;
+    }
+    release();
+    job->finish(reason, error);
+}
+
+std::vector<float> Device::logits(const std::vector<int32_t>& tokens) {
+    check_open();
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        check_model();
+        validate_tokens(tokens, "input_tokens");
+    }
+    acquire();
+    join_worker();
+    std::shared_ptr<Model> model;
+    Engine* engine;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        model = model_;
+        engine = engine_.get();
+    }
+    state_.store(static_cast<int>(DeviceState::RUNNING));
+    std::vector<float> out;
+    try {
+        KVCache cache(model->config());
+        cache.reserve(static_cast<int64_t>(tokens.size()));
+        RunHooks hooks{nullptr, &current_layer_};
+        const int64_t T = static_cast<int64_t>(tokens.size());
+        const int64_t V = model->config().n_vocab;
+        out.resize(static_cast<size_t>(T * V));
+        const int64_t chunk = 256;
+        std::vector<float> part;
+        for (int64_t s = 0; s < T; s += chunk) {
+            const int64_t e = std::min(T, s + chunk);
+            std::vector<ForwardRow> rows;
+            for (int64_t i = s; i < e; ++i) rows.push_back({&cache, tokens[i], i, true});
+            engine->forward(rows, part, hooks);
+            std::copy(part.begin(), part.end(), out.begin() + s * V);
+        }
+    } catch (...) {
+        state_.store(static_cast<int>(DeviceState::IDLE));
+        release();
+        throw;
+    }
+    state_.store(static_cast<int>(DeviceState::IDLE));
+    release();
+    return out;
+}
+
+DeviceStatus Device::status() const {
+    check_open();
+    DeviceStatus s;
+    s.state = static_cast<DeviceState>(state_.load());
+    s.current_layer = current_layer_.load();
+    s.tokens_processed = tokens_processed_.load();
+    s.error_code = error_code_.load();
+    return s;
+}
+
+DevicePerf Device::perf() const {
+    check_open();
+    DevicePerf p;
+    {
+        std::lock_guard<std::mutex> lock(perf_mu_);
+        p = perf_;
+    }
+    p.counters = transport_->counters();
+    p.clock_mhz = transport_->profile().clock_mhz;
+    return p;
+}
+
+void Device::abort() {
+    check_open();
+    std::shared_ptr<Job> job;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        job = job_;
+    }
+    if (job) job->abort();
+}
+
+void Device::reset() {
+    check_open();
+    abort();
+    std::shared_ptr<Job> job;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        job = job_;
+    }
+    if (job) job->wait(-1);
+    if (!running_.load()) {
+        state_.store(static_cast<int>(DeviceState::IDLE));
+        error_code_.store(0);
+        current_layer_.store(0);
+    }
+}
+
+}  // namespace bitnet

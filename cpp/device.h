@@ -1,0 +1,142 @@
+// device.h: the host-side Device: one card (real or simulated) plus the loaded model, the
+// generation jobs that run on it, and its status/performance registers.
+//
+// Ownership and threads: a Device owns its transport, model and engine. Generation runs in a
+// Job on a worker thread owned by the Device; at most one job (or synchronous logits call)
+// runs at a time, a second one gets Error(BUSY). All methods are thread-safe. close() aborts
+// a running job and waits for it, and every later call raises Error(CLOSED).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "model.h"
+#include "runtime.h"
+#include "transport.h"
+
+namespace bitnet {
+
+enum class DeviceState : int { IDLE = 0, LOADING_WEIGHTS = 1, RUNNING = 2, DMA_TRANSFER = 3, ERROR = 4 };
+const char* device_state_name(DeviceState s);
+
+struct DeviceStatus {
+    DeviceState state = DeviceState::IDLE;
+    int64_t current_layer = 0;
+    int64_t tokens_processed = 0;
+    int error_code = 0;
+};
+
+struct DevicePerf {
+    Counters counters;                 // the card's cycle counters (modeled on sim)
+    double clock_mhz = 0;              // the board clock the counters count
+    uint64_t inference_count = 0;      // generation jobs finished (including aborted ones)
+    uint64_t tokens_generated = 0;     // over all jobs
+    uint64_t tokens_prefilled = 0;     // prompt tokens over all jobs
+    double tokens_per_second = 0;      // generated tokens / host wall time of the last job
+    double last_job_seconds = 0;       // host wall time of the last job
+};
+
+struct GenerateRequest {
+    std::vector<int32_t> prompt;
+    int64_t max_new_tokens = 1024;
+    SamplingParams sampling;
+    std::vector<int32_t> stop_tokens;
+};
+
+class Job {
+public:
+    // Waits up to timeout_ms (< 0: forever) for the job to finish; true if it has.
+    bool wait(int64_t timeout_ms);
+    // Waits until at least n tokens exist or the job finished; returns the token count.
+    size_t wait_for_tokens(size_t n, int64_t timeout_ms);
+    bool done() const;
+    void abort() { abort_.store(true); }
+    std::vector<int32_t> tokens() const;
+    std::vector<int32_t> tokens_from(size_t start) const;
+    std::string stop_reason() const;   // "", "stop", "length", "aborted", "error"
+    // Rethrows the error that ended the job, if any.
+    void rethrow_if_failed() const;
+
+private:
+    friend class Device;
+    void push(int32_t token);
+    void finish(const std::string& reason, std::exception_ptr error);
+
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::vector<int32_t> tokens_;
+    bool done_ = false;
+    std::string reason_;
+    std::exception_ptr error_;
+    std::atomic<bool> abort_{false};
+};
+
+class Device {
+public:
+    // spec: "sim" (the simulator), or "/dev/bitnetN" (a card through its driver).
+    Device(const std::string& spec, const sim::BoardProfile& profile);
+    ~Device();
+    Device(const Device&) = delete;
+    Device& operator=(const Device&) = delete;
+
+    const std::string& spec() const { return spec_; }
+    void close();
+    bool closed() const { return closed_.load(); }
+
+    // Loads a model file onto the card, replacing any previous model. The device is
+    // LOADING_WEIGHTS meanwhile. On failure the previous model is gone and the card empty.
+    void load_model(const std::string& path);
+    bool has_model() const;
+    std::shared_ptr<const Model> model() const;
+
+    // Starts a generation job (validated here, synchronously). Throws BUSY if one runs.
+    std::shared_ptr<Job> submit(const GenerateRequest& req);
+    // Logits at every position of one forward pass from an empty cache: [T, n_vocab].
+    std::vector<float> logits(const std::vector<int32_t>& tokens);
+
+    DeviceStatus status() const;
+    DevicePerf perf() const;
+    bool busy() const { return running_.load(); }
+    void abort();   // aborts the running job, if any; it finishes within one layer
+    void reset();   // ERROR -> IDLE (waits for a running job to be aborted first)
+
+    Transport& transport() { return *transport_; }
+    const Transport& transport() const { return *transport_; }
+
+private:
+    void check_open() const;
+    void check_model() const;
+    void validate_tokens(const std::vector<int32_t>& tokens, const char* what) const;
+    void acquire();            // marks the device busy or throws BUSY
+    void release();
+    void join_worker();
+    void run_job(std::shared_ptr<Job> job, GenerateRequest req);
+
+    std::string spec_;
+    std::unique_ptr<Transport> transport_;
+    mutable std::mutex mu_;
+    std::shared_ptr<Model> model_;
+    std::unique_ptr<Engine> engine_;
+    std::shared_ptr<Job> job_;
+    std::thread worker_;
+
+    std::atomic<bool> closed_{false};
+    std::atomic<bool> running_{false};
+    std::atomic<int> state_{static_cast<int>(DeviceState::IDLE)};
+    std::atomic<int64_t> current_layer_{0};
+    std::atomic<int64_t> tokens_processed_{0};
+    std::atomic<int> error_code_{0};
+
+    mutable std::mutex perf_mu_;
+    DevicePerf perf_;
+};
+
+}  // namespace bitnet

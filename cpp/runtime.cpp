@@ -1,0 +1,289 @@
+// runtime.cpp: the host side of the BitNet b1.58 forward pass and the samplers.
+// docs/NUMERICS.md is the prose version of this file; keep them in step.
+#include "runtime.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace bitnet {
+
+float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float s = 127.0f / std::max(amax, 1e-5f);
+    for (int64_t i = 0; i < n; ++i) {
+        // nearbyint rounds half to even under the default rounding mode, like torch.round.
+        const float r = std::nearbyint(x[i] * s);
+        q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-128.0f, r)));
+    }
+    return s;
+}
+
+void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+    const float mean = static_cast<float>(ss / static_cast<double>(n));
+    const float r = 1.0f / std::sqrt(mean + eps);
+    for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
+}
+
+void KVCache::reserve(int64_t positions) {
+    if (positions <= capacity) return;
+    int64_t cap = std::max<int64_t>(capacity * 2, 64);
+    cap = std::max(cap, positions);
+    for (int64_t l = 0; l < n_layer; ++l) {
+        k[l].resize(static_cast<size_t>(cap * kv_dim));
+        v[l].resize(static_cast<size_t>(cap * kv_dim));
+    }
+    capacity = cap;
+}
+
+Engine::Engine(const Model& model, Transport& card) : model_(model), card_(card) {
+    const ModelConfig& c = model_.config();
+    inv_freq_.resize(static_cast<size_t>(c.rope_dim / 2));
+    for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
+        // As HF builds it: base ** (arange(0, dim, 2) / dim) in fp32, then its reciprocal.
+        const float expo = static_cast<float>(2 * i) / static_cast<float>(c.rope_dim);
+        inv_freq_[static_cast<size_t>(i)] = 1.0f / std::pow(c.rope_theta, expo);
+    }
+}
+
+void Engine::rope(float* vec, int64_t n_heads, int64_t pos) const {
+    const ModelConfig& c = model_.config();
+    const int64_t half = c.rope_dim / 2;
+    const float p = static_cast<float>(pos) * c.rope_freq_scale;
+    for (int64_t i = 0; i < half; ++i) {
+        const float angle = p * inv_freq_[static_cast<size_t>(i)];
+        const float cs = std::cos(angle), sn = std::sin(angle);
+        for (int64_t h = 0; h < n_heads; ++h) {
+            float* v = vec + h * c.head_dim;
+            // NEOX pairs element i with i + half; NORM pairs 2i with 2i + 1.
+            const int64_t i0 = c.rope_style == RopeStyle::NEOX ? i : 2 * i;
+            const int64_t i1 = c.rope_style == RopeStyle::NEOX ? i + half : 2 * i + 1;
+            const float a = v[i0], b = v[i1];
+            v[i0] = a * cs + (-b) * sn;
+            v[i1] = b * cs + a * sn;
+        }
+    }
+}
+
+void Engine::attention(const ForwardRow& row, int64_t layer, const float* q, float* out) const {
+    const ModelConfig& c = model_.config();
+    const int64_t hd = c.head_dim;
+    const int64_t group = c.n_head / c.n_head_kv;
+    const int64_t n_ctx = row.pos + 1;   // causal: positions 0..pos
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    std::vector<float> score(static_cast<size_t>(n_ctx));
+    for (int64_t h = 0; h < c.n_head; ++h) {
+        const int64_t kvh = h / group;
+        const float* qh = q + h * hd;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t t = 0; t < n_ctx; ++t) {
+            const float* kt = row.cache->k_at(layer, t) + kvh * hd;
+            float dot = 0.0f;
+            for (int64_t d = 0; d < hd; ++d) dot += qh[d] * kt[d];
+            score[t] = dot * scale;
+            mx = std::max(mx, score[t]);
+        }
+        float sum = 0.0f;
+        for (int64_t t = 0; t < n_ctx; ++t) {
+            score[t] = std::exp(score[t] - mx);
+            sum += score[t];
+        }
+        float* oh = out + h * hd;
+        std::fill(oh, oh + hd, 0.0f);
+        for (int64_t t = 0; t < n_ctx; ++t) {
+            const float p = score[t] / sum;
+            const float* vt = row.cache->v_at(layer, t) + kvh * hd;
+            for (int64_t d = 0; d < hd; ++d) oh[d] += p * vt[d];
+        }
+    }
+}
+
+void Engine::card_matmul(const int8_t* q, const float* sx, int64_t B, int64_t K,
+                         std::initializer_list<std::pair<int, float*>> products) {
+    MatmulCommand cmd;
+    cmd.q = q;
+    cmd.sx = sx;
+    cmd.B = B;
+    cmd.K = K;
+    for (const auto& p : products) {
+        MatmulOp op;
+        op.slot = p.first;
+        op.y = p.second;
+        cmd.ops.push_back(op);
+    }
+    card_.run(cmd);
+}
+
+void Engine::forward(const std::vector<ForwardRow>& rows, std::vector<float>& logits, const RunHooks& hooks) {
+    const ModelConfig& c = model_.config();
+    const int64_t R = static_cast<int64_t>(rows.size());
+    if (R == 0) {
+        logits.clear();
+        return;
+    }
+    const int64_t D = c.n_embd, QD = c.q_dim(), KVD = c.kv_dim(), F = c.n_ff;
+    const int64_t maxdim = std::max({D, QD, F});
+
+    // Remember where each cache started so an abort leaves it untouched.
+    std::vector<std::pair<KVCache*, int64_t>> starts;
+    for (const ForwardRow& r : rows) {
+        bool seen = false;
+        for (auto& s : starts) seen = seen || s.first == r.cache;
+        if (!seen) starts.emplace_back(r.cache, r.cache->n_pos);
+        r.cache->reserve(r.pos + 1);
+    }
+
+    std::vector<float> x(static_cast<size_t>(R * D));            // residual stream [R, D]
+    std::vector<float> xn(static_cast<size_t>(R * maxdim));      // normed activations
+    std::vector<int8_t> q8(static_cast<size_t>(R * maxdim));     // quantised activations
+    std::vector<float> sx(static_cast<size_t>(R));               // their scales
+    std::vector<float> Q(static_cast<size_t>(R * QD)), K(static_cast<size_t>(R * KVD)), V(static_cast<size_t>(R * KVD));
+    std::vector<float> O(static_cast<size_t>(R * QD));
+    std::vector<float> Y(static_cast<size_t>(R * D));
+    std::vector<float> G(static_cast<size_t>(R * F)), U(static_cast<size_t>(R * F));
+
+    for (int64_t r = 0; r < R; ++r) model_.embedding().row(rows[r].token, x.data() + r * D);
+
+    // Normalise [R, n] rows of `in` with weight w (or copy if w is empty), then quantise.
+    auto norm_quant = [&](const float* in, const std::vector<float>* w, int64_t n) {
+        for (int64_t r = 0; r < R; ++r) {
+            float* dst = xn.data() + r * n;
+            if (w) rmsnorm(in + r * n, w->data(), n, c.rms_eps, dst);
+            else std::copy(in + r * n, in + (r + 1) * n, dst);
+            sx[r] = quantize_row_i8(dst, n, q8.data() + r * n);
+        }
+    };
+
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        if (hooks.abort && hooks.abort->load(std::memory_order_relaxed)) {
+            for (auto& s : starts) s.first->n_pos = s.second;
+            throw Error(ErrorCode::ABORTED, "aborted");
+        }
+        if (hooks.current_layer) hooks.current_layer->store(l, std::memory_order_relaxed);
+        const LayerWeights& L = model_.layers()[static_cast<size_t>(l)];
+
+        // --- attention ---
+        norm_quant(x.data(), &L.attn_norm, D);
+        card_matmul(q8.data(), sx.data(), R, D, {{L.slot[PROJ_Q], Q.data()}, {L.slot[PROJ_K], K.data()}, {L.slot[PROJ_V], V.data()}});
+        for (int64_t r = 0; r < R; ++r) {
+            rope(Q.data() + r * QD, c.n_head, rows[r].pos);
+            rope(K.data() + r * KVD, c.n_head_kv, rows[r].pos);
+            std::copy(K.data() + r * KVD, K.data() + (r + 1) * KVD, rows[r].cache->k_at(l, rows[r].pos));
+            std::copy(V.data() + r * KVD, V.data() + (r + 1) * KVD, rows[r].cache->v_at(l, rows[r].pos));
+        }
+        for (int64_t r = 0; r < R; ++r) attention(rows[r], l, Q.data() + r * QD, O.data() + r * QD);
+        norm_quant(O.data(), c.sub_norms ? &L.attn_sub_norm : nullptr, QD);
+        card_matmul(q8.data(), sx.data(), R, QD, {{L.slot[PROJ_O], Y.data()}});
+        for (int64_t i = 0; i < R * D; ++i) x[i] += Y[i];
+
+        // --- feed-forward ---
+        norm_quant(x.data(), &L.ffn_norm, D);
+        card_matmul(q8.data(), sx.data(), R, D, {{L.slot[PROJ_GATE], G.data()}, {L.slot[PROJ_UP], U.data()}});
+        for (int64_t i = 0; i < R * F; ++i) {
+            const float g = G[i];
+            float a;
+            if (c.act == Activation::RELU2) {
+                const float rl = g > 0.0f ? g : 0.0f;
+                a = rl * rl;
+            } else {
+                a = g / (1.0f + std::exp(-g));
+            }
+            G[i] = a * U[i];
+        }
+        norm_quant(G.data(), c.sub_norms ? &L.ffn_sub_norm : nullptr, F);
+        card_matmul(q8.data(), sx.data(), R, F, {{L.slot[PROJ_DOWN], Y.data()}});
+        for (int64_t i = 0; i < R * D; ++i) x[i] += Y[i];
+    }
+    for (const ForwardRow& r : rows) r.cache->n_pos = std::max(r.cache->n_pos, r.pos + 1);
+
+    // --- output head: final norm, then logits = h . E_v for every vocabulary row v ---
+    std::vector<int64_t> want;
+    for (int64_t r = 0; r < R; ++r)
+        if (rows[r].want_logits) want.push_back(r);
+    const int64_t W = static_cast<int64_t>(want.size());
+    logits.assign(static_cast<size_t>(W * c.n_vocab), 0.0f);
+    if (W == 0) return;
+    std::vector<float> h(static_cast<size_t>(W * D));
+    for (int64_t w = 0; w < W; ++w) rmsnorm(x.data() + want[w] * D, model_.output_norm().data(), D, c.rms_eps, h.data() + w * D);
+    std::vector<float> erow(static_cast<size_t>(D));
+    for (int64_t v = 0; v < c.n_vocab; ++v) {
+        model_.output().row(v, erow.data());
+        for (int64_t w = 0; w < W; ++w) {
+            const float* hw = h.data() + w * D;
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            int64_t d = 0;
+            for (; d + 8 <= D; d += 8)
+                for (int j = 0; j < 8; ++j) acc[j] += erow[d + j] * hw[d + j];
+            float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+            for (; d < D; ++d) sum += erow[d] * hw[d];
+            logits[static_cast<size_t>(w * c.n_vocab + v)] = sum;
+        }
+    }
+}
+
+void validate_sampling(const SamplingParams& p) {
+    if (!std::isfinite(p.temperature) || p.temperature < 0.0f)
+        throw Error(ErrorCode::INVALID, "temperature must be a finite number >= 0 (0 = greedy), got " + std::to_string(p.temperature));
+    if (p.top_k < 0) throw Error(ErrorCode::INVALID, "top_k must be >= 0 (0 = off), got " + std::to_string(p.top_k));
+    if (!(p.top_p > 0.0f && p.top_p <= 1.0f))
+        throw Error(ErrorCode::INVALID, "top_p must be in (0, 1], got " + std::to_string(p.top_p));
+}
+
+Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { validate_sampling(p); }
+
+int32_t Sampler::sample(const float* logits, int64_t n) {
+    // Greedy: the first index of the maximum (torch.argmax's choice).
+    if (p_.temperature <= 0.0f) {
+        int64_t best = 0;
+        for (int64_t i = 1; i < n; ++i)
+            if (logits[i] > logits[best]) best = i;
+        return static_cast<int32_t>(best);
+    }
+    cand_.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) cand_[i] = {logits[i] / p_.temperature, static_cast<int32_t>(i)};
+    auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    int64_t m = n;
+    if (p_.top_k > 0 && p_.top_k < n) {
+        std::partial_sort(cand_.begin(), cand_.begin() + p_.top_k, cand_.end(), by_logit);
+        m = p_.top_k;
+    } else {
+        std::sort(cand_.begin(), cand_.end(), by_logit);
+    }
+    // Softmax over the kept candidates (sorted, so cand_[0] holds the maximum).
+    const float mx = cand_[0].first;
+    double total = 0.0;
+    std::vector<double> prob(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i) {
+        prob[i] = std::exp(static_cast<double>(cand_[i].first - mx));
+        total += prob[i];
+    }
+    // Top-p: the smallest prefix whose probability reaches top_p.
+    if (p_.top_p < 1.0f) {
+        double cum = 0.0;
+        int64_t keep = m;
+        for (int64_t i = 0; i < m; ++i) {
+            cum += prob[i] / total;
+            if (cum >= p_.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        m = keep;
+        total = 0.0;
+        for (int64_t i = 0; i < m; ++i) total += prob[i];
+    }
+    const double u = static_cast<double>(rng_() >> 11) * (1.0 / 9007199254740992.0) * total;
+    double cum = 0.0;
+    for (int64_t i = 0; i < m; ++i) {
+        cum += prob[i];
+        if (u < cum) return cand_[i].second;
+    }
+    return cand_[m - 1].second;
+}
+
+}  // namespace bitnet

@@ -1,0 +1,104 @@
+// runtime.h: the BitNet b1.58 transformer on the host, with every BitLinear on the card.
+//
+// This is the readable reference forward pass of docs/NUMERICS.md: embedding, RMSNorm,
+// per-token int8 activation quantisation, card matmuls, RoPE, GQA attention with a KV cache,
+// sub-norms, gated FFN, output head; and the samplers.
+//
+// Thread-safety: an Engine may run one forward at a time (the Device guarantees it). A
+// KVCache belongs to one sequence.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "model.h"
+#include "transport.h"
+
+namespace bitnet {
+
+// Per-token absmax int8 quantisation (REFERENCE.md 1.1): s = 127 / max(max|x|, 1e-5),
+// q = clamp(round_half_even(x * s), -128, 127). Returns s.
+float quantize_row_i8(const float* x, int64_t n, int8_t* q);
+
+// RMSNorm: out = w * (x * (1 / sqrt(mean(x^2) + eps))), mean accumulated in double.
+void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out);
+
+// The key/value cache of one sequence: per layer, [capacity, kv_dim] fp32 for K and V.
+struct KVCache {
+    int64_t n_layer = 0;
+    int64_t kv_dim = 0;
+    int64_t capacity = 0;   // positions allocated
+    int64_t n_pos = 0;      // positions filled
+    std::vector<std::vector<float>> k, v;
+
+    KVCache() = default;
+    KVCache(const ModelConfig& c) : n_layer(c.n_layer), kv_dim(c.kv_dim()), k(c.n_layer), v(c.n_layer) {}
+    void reserve(int64_t positions);   // grows capacity (never shrinks)
+    void clear() { n_pos = 0; }
+    float* k_at(int64_t layer, int64_t pos) { return k[layer].data() + pos * kv_dim; }
+    float* v_at(int64_t layer, int64_t pos) { return v[layer].data() + pos * kv_dim; }
+};
+
+// Cooperative abort and progress reporting, polled between layers.
+struct RunHooks {
+    const std::atomic<bool>* abort = nullptr;
+    std::atomic<int64_t>* current_layer = nullptr;
+};
+
+// One row of a forward pass: a token of some sequence at a position. Rows of the same
+// sequence must appear in increasing, contiguous position order starting at cache->n_pos.
+struct ForwardRow {
+    KVCache* cache = nullptr;
+    int32_t token = 0;
+    int64_t pos = 0;
+    bool want_logits = false;
+};
+
+class Engine {
+public:
+    Engine(const Model& model, Transport& card);
+
+    // Runs the rows through the model. Writes logits of the rows with want_logits, in row
+    // order, into `logits` ([n_want, n_vocab]). Updates each cache's n_pos. Throws
+    // Error(ABORTED) if hooks.abort becomes true (the caches are then left as before).
+    void forward(const std::vector<ForwardRow>& rows, std::vector<float>& logits, const RunHooks& hooks);
+
+    const Model& model() const { return model_; }
+
+private:
+    void rope(float* vec, int64_t n_heads, int64_t pos) const;
+    void attention(const ForwardRow& row, int64_t layer, const float* q, float* out) const;
+    void card_matmul(const int8_t* q, const float* sx, int64_t B, int64_t K,
+                     std::initializer_list<std::pair<int, float*>> products);
+
+    const Model& model_;
+    Transport& card_;
+    std::vector<float> inv_freq_;   // [rope_dim / 2]
+};
+
+struct SamplingParams {
+    float temperature = 0.0f;   // <= 0: greedy
+    int64_t top_k = 0;          // 0: off
+    float top_p = 1.0f;         // 1: off
+    uint64_t seed = 0;
+};
+
+// Greedy / temperature / top-k / top-p sampler with a portable, seeded generator
+// (std::mt19937_64, uniform from its top 53 bits), so a seed gives the same tokens everywhere.
+class Sampler {
+public:
+    explicit Sampler(const SamplingParams& p);
+    int32_t sample(const float* logits, int64_t n_vocab);
+
+private:
+    SamplingParams p_;
+    std::mt19937_64 rng_;
+    std::vector<std::pair<float, int32_t>> cand_;
+};
+
+// Validates sampling parameters; throws Error(INVALID) naming the bad one.
+void validate_sampling(const SamplingParams& p);
+
+}  // namespace bitnet

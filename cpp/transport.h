@@ -1,0 +1,48 @@
+// transport.h: how the host Device talks to a card.
+//
+// A transport carries the card protocol (load a weight slot, run a matmul command, read the
+// counters) to one card. Two exist by design (DESIGN.md section 4): the simulator transport,
+// which calls the in-process card model directly, and the kernel transport, which speaks the
+// ioctl/mmap protocol of docs/DEVICE_ABI.md to /dev/bitnetN (or to the driver emulation).
+// The runtime only ever sees this interface.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../sim/card.h"
+
+namespace bitnet {
+
+using sim::Counters;
+using sim::MatmulCommand;
+using sim::MatmulOp;
+using sim::SlotInfo;
+
+class Transport {
+public:
+    virtual ~Transport() = default;
+    virtual std::string name() const = 0;              // "sim", "/dev/bitnet0", ...
+    virtual std::string kernel_name() const = 0;       // the matmul kernel doing the work
+    virtual sim::BoardProfile profile() const = 0;     // the board the counters model
+
+    virtual void load_slot(int slot, const int8_t* t, int64_t n, int64_t k, float scale) = 0;
+    virtual void free_slot(int slot) = 0;
+    virtual void free_all() = 0;
+    virtual bool has_slot(int slot) const = 0;
+    virtual SlotInfo slot_info(int slot) const = 0;
+    virtual uint64_t weight_used() const = 0;
+    virtual uint64_t weight_capacity() const = 0;
+
+    virtual void run(const MatmulCommand& cmd) = 0;    // blocks until the card finished
+
+    virtual Counters counters() const = 0;
+    virtual void reset_counters() = 0;
+};
+
+// The in-process simulator transport.
+std::unique_ptr<Transport> make_sim_transport(const sim::BoardProfile& profile);
+
+}  // namespace bitnet

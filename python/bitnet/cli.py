@@ -1,0 +1,145 @@
+"""The ``bitnet`` command line: ``demo``, ``info``, ``convert``.
+
+``bitnet demo`` is the main job on the default (simulated) device: it makes a small model if
+none is given, streams generated tokens, and prints tokens/s and the card's counters.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import List, Optional
+
+__all__ = ["main"]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core import BitNet
+
+    model = args.model
+    tmp = None
+    if model is None:
+        from .models import make_random_model
+
+        tmp = tempfile.TemporaryDirectory(prefix="bitnet-demo-")
+        model = os.path.join(tmp.name, "demo-model.gguf")
+        print(f"no model given: writing a random {args.preset!r} BitNet b1.58 model to {model}")
+        make_random_model(model, preset=args.preset, seed=args.seed)
+    try:
+        with BitNet(args.device) as bn:
+            t0 = time.perf_counter()
+            bn.load_weights(model)
+            load_s = time.perf_counter() - t0
+            cfg = bn.model_config()
+            card = bn.card_info()
+            print(f"device {bn.device!r}: transport {card['transport']}, kernel {card['kernel']}, "
+                  f"board profile {card['profile']} @ {card['clock_mhz']:.0f} MHz")
+            print(f"model {os.path.basename(model)}: arch {cfg['arch']}, {cfg['num_layers']} layers, hidden "
+                  f"{cfg['hidden_size']}, vocab {cfg['vocab_size']}, activation {cfg['activation']}; "
+                  f"{card['weight_used'] / 2**20:.1f} MiB on the card (loaded in {load_s:.2f} s)")
+            rng = np.random.default_rng(args.seed)
+            prompt = rng.integers(0, cfg["vocab_size"], size=args.prompt_len).astype(np.int32)
+            print(f"prompt ({len(prompt)} tokens): {prompt.tolist()}")
+            print("generated: ", end="", flush=True)
+            bn.inference_async(prompt, args.max_tokens, temperature=args.temperature, seed=args.seed,
+                               stop_token_ids=[])
+            job = bn._job
+            seen = 0
+            t0 = time.perf_counter()
+            while True:
+                n = job.wait_for_tokens(seen + 1, 1000)
+                if n > seen:
+                    print(" ".join(str(t) for t in job.tokens_from(seen).tolist()), end=" ", flush=True)
+                    seen = n
+                if job.done:
+                    break
+            job.rethrow_if_failed()
+            wall = time.perf_counter() - t0
+            print()
+            perf = bn.performance_details()
+            print(f"{seen} tokens in {wall:.2f} s: {seen / wall:.1f} tokens/s on the host "
+                  f"(job: {perf['tokens_per_second']:.1f} tokens/s)")
+            clock = perf["clock_mhz"] * 1e6
+            card_s = perf["total_cycles"] / clock if clock else 0.0
+            print(f"card counters: total {perf['total_cycles']:,} cycles = {card_s * 1e3:.2f} ms at "
+                  f"{perf['clock_mhz']:.0f} MHz (compute {perf['compute_cycles']:,}, DMA {perf['dma_cycles']:,}); "
+                  f"{perf['matmuls']:,} matmuls, {perf['macs']:,} MACs")
+            st = bn.status
+            print(f"status: {st.state}, tokens processed {st.tokens_processed}, "
+                  f"inference count {bn.performance.inference_count}")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .core import BitNet
+
+    with BitNet(args.device, profile=args.profile) as bn:
+        bn.load_weights(args.model)
+        cfg = bn.model_config()
+        for k in sorted(cfg):
+            if k != "notes":
+                print(f"{k:20s} {cfg[k]}")
+        for note in cfg["notes"]:
+            print(f"note: {note}")
+        card = bn.card_info()
+        for k in sorted(card):
+            print(f"card.{k:15s} {card[k]}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from . import convert
+
+    out = convert.convert_hf_to_gguf(args.hf_dir, args.output, type=args.type, embed_type=args.embed_type)
+    print(f"wrote {out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bitnet", description="BitNet b1.58 accelerator tools")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="run a model on the default device, streaming tokens")
+    d.add_argument("model", nargs="?", help="GGUF model file (default: make a small random model)")
+    d.add_argument("--device", default=None, help="device: sim or /dev/bitnetN (default: auto)")
+    d.add_argument("--preset", default="small", help="random model shape when no model is given")
+    d.add_argument("--max-tokens", type=int, default=32)
+    d.add_argument("--prompt-len", type=int, default=8)
+    d.add_argument("--temperature", type=float, default=0.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
+
+    i = sub.add_parser("info", help="load a model and print its configuration and the card's")
+    i.add_argument("model")
+    i.add_argument("--device", default=None)
+    i.add_argument("--profile", default="vibee-zcu104")
+    i.set_defaults(func=_cmd_info)
+
+    c = sub.add_parser("convert", help="convert a Hugging Face BitNet checkpoint to GGUF")
+    c.add_argument("hf_dir")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0", "i2_s", "f16"])
+    c.add_argument("--embed-type", default="f16", choices=["f16", "f32", "bf16", "q8_0"])
+    c.set_defaults(func=_cmd_convert)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``bitnet`` console script."""
+    from .errors import BitNetError
+
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BitNetError as e:
+        print(f"bitnet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

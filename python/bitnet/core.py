@@ -1,0 +1,325 @@
+"""The ``BitNet`` device class: one BitNet card (or its simulator) with a loaded model.
+
+Example
+-------
+>>> from bitnet import BitNet
+>>> with BitNet("sim") as bn:                       # doctest: +SKIP
+...     bn.load_weights("model.gguf")
+...     out = bn.inference([1, 2, 3], max_output=16)
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from . import _core
+from ._tokens import as_token_array, check_count, check_sampling, check_stop_tokens
+from .errors import BitNetError, BitNetStateError, BitNetValueError, ErrorCode
+
+__all__ = ["BitNet", "BitNetStatus", "BitNetPerformance", "BitNetModelInfo", "default_device"]
+
+logger = logging.getLogger("bitnet")
+_core._enable_logging()
+
+
+@dataclass(frozen=True)
+class BitNetStatus:
+    """Device status register.
+
+    Attributes
+    ----------
+    state : str
+        ``"IDLE"``, ``"LOADING_WEIGHTS"``, ``"RUNNING"``, ``"DMA_TRANSFER"`` or ``"ERROR"``.
+    current_layer : int
+        The transformer layer the running job is in (0-based; the last one after a job).
+    tokens_processed : int
+        Tokens (prompt and generated) the current or last job has pushed through the model.
+    error_code : int
+        The :class:`~bitnet.ErrorCode` of the fault that put the device in ERROR, else 0.
+    """
+
+    state: str
+    current_layer: int
+    tokens_processed: int
+    error_code: int
+
+
+@dataclass(frozen=True)
+class BitNetPerformance:
+    """Performance counters.
+
+    ``total_cycles``, ``dma_cycles`` and ``compute_cycles`` are the card's cycle counters:
+    on ``"sim"`` they come from the simulator's cycle model of the board profile (see
+    docs/DEVICE_ABI.md), on a card from its hardware counters. ``tokens_per_second`` is
+    measured on the host: generated tokens over the wall time of the last job.
+    ``inference_count`` counts generation jobs (finished or aborted).
+    """
+
+    total_cycles: int
+    dma_cycles: int
+    compute_cycles: int
+    tokens_per_second: float
+    inference_count: int
+
+
+@dataclass(frozen=True)
+class BitNetModelInfo:
+    """Shape of the loaded model, read from the model file.
+
+    ``weight_size`` is the number of bytes of all tensors in the file.
+    """
+
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    max_seq_len: int
+    weight_size: int
+
+
+def default_device() -> str:
+    """The device ``BitNet(device=None)`` opens.
+
+    ``$BITNET_DEVICE`` if set, else the first ``/dev/bitnetN`` node that opens, else ``"sim"``.
+    """
+    env = os.environ.get("BITNET_DEVICE")
+    if env:
+        return env
+    for node in sorted(glob.glob("/dev/bitnet[0-9]*")):
+        try:
+            dev = _core.Device(node)
+        except BitNetError as e:
+            logger.info("skipping %s: %s", node, e)
+            continue
+        dev.close()
+        return node
+    return "sim"
+
+
+class BitNet:
+    """A BitNet b1.58 accelerator: the FPGA card through its driver, or the simulator.
+
+    Parameters
+    ----------
+    device : str, optional
+        ``"sim"`` for the simulator, or a card node such as ``"/dev/bitnet0"``. ``None``
+        picks :func:`default_device`.
+    profile : str
+        Board profile of the simulator's cycle model (``"vibee-zcu104"``, ``"vibee-vcu118"``,
+        ``"kv260"``).
+
+    The object is a context manager; :meth:`close` is idempotent and any call after it
+    raises :class:`BitNetError` (code ``CLOSED``).
+    """
+
+    def __init__(self, device: Optional[str] = None, *, profile: str = "vibee-zcu104") -> None:
+        if device is None:
+            device = default_device()
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a string such as 'sim' or '/dev/bitnet0', not {type(device).__name__}")
+        if not isinstance(profile, str):
+            raise TypeError(f"profile must be a string, not {type(profile).__name__}")
+        self._dev = _core.Device(device, profile)
+        self._device_name = device
+        self._job: Optional[Any] = None
+        self._stop_default: list = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Abort any running job, free the card and release the device. Idempotent."""
+        dev = getattr(self, "_dev", None)
+        if dev is not None and not dev.closed:
+            dev.close()
+
+    def __enter__(self) -> "BitNet":
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        if self._dev.closed:
+            return f"BitNet({self._device_name!r}, closed)"
+        cfg = self._dev.model_config()
+        model = os.path.basename(cfg["path"]) if cfg else "no model"
+        return f"BitNet({self._device_name!r}, {model})"
+
+    @property
+    def device(self) -> str:
+        """The device string this object opened."""
+        return self._device_name
+
+    def _check_open(self) -> None:
+        if self._dev.closed:
+            raise BitNetStateError(ErrorCode.CLOSED, "the device is closed; create a new BitNet() to continue")
+
+    def _config(self) -> dict:
+        self._check_open()
+        cfg = self._dev.model_config()
+        if cfg is None:
+            raise BitNetStateError(ErrorCode.STATE, "no model is loaded; call load_weights(path) first")
+        return cfg
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, model_path: "str | os.PathLike[str]") -> None:
+        """Load a model file (GGUF: ``bitnet``, ``bitnet-b1.58`` or ``bitnet-25``) onto the card.
+
+        Raises :class:`BitNetError` naming the problem for a missing or malformed file; the
+        previous model is unloaded either way.
+        """
+        self._check_open()
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise TypeError(f"model_path must be a path, not {type(model_path).__name__}")
+        path = os.fspath(model_path)
+        self._dev.load_model(path)
+        self._stop_default = list(self._dev.model_config()["stop_token_ids"])
+
+    # ------------------------------------------------------------------ inference
+    def inference(
+        self,
+        input_tokens: Any,
+        max_output: int = 1024,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Iterable[int]] = None,
+    ) -> np.ndarray:
+        """Generate up to ``max_output`` tokens after ``input_tokens``; return them as int32.
+
+        Only the generated tokens are returned (not the prompt). Greedy by default; set
+        ``temperature > 0`` (with optional ``top_k``, ``top_p`` and ``seed``) to sample.
+        Generation stops after a token in ``stop_token_ids`` (which is included in the
+        output); ``None`` means the model's end-of-sequence tokens, ``[]`` means none.
+        It also stops at the model's ``max_seq_len``.
+        """
+        self.inference_async(
+            input_tokens, max_output, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+            stop_token_ids=stop_token_ids,
+        )
+        job = self._job
+        job.wait(-1)
+        job.rethrow_if_failed()
+        return job.tokens()
+
+    def inference_async(
+        self,
+        input_tokens: Any,
+        max_output: int = 1024,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: Optional[int] = None,
+        stop_token_ids: Optional[Iterable[int]] = None,
+    ) -> None:
+        """Start generation and return at once; see :meth:`inference` for the parameters.
+
+        Use :meth:`wait`, :meth:`get_output` and :meth:`abort`. Raises BitNetError (code
+        BUSY) if a job is already running.
+        """
+        self._config()
+        tokens = as_token_array(input_tokens)
+        n = check_count(max_output, "max_output", 0)
+        t, k, p, s = check_sampling(temperature, top_k, top_p, seed)
+        stops = check_stop_tokens(stop_token_ids, self._stop_default)
+        self._job = self._dev.submit(tokens, n, t, k, p, s, stops)
+
+    def wait(self, timeout_ms: int = -1) -> bool:
+        """Wait for the running job; ``False`` if ``timeout_ms`` (>= 0) passed first.
+
+        ``-1`` waits forever. The GIL is released while waiting. Returns ``True`` at once
+        when no job was started.
+        """
+        self._check_open()
+        timeout_ms = check_count(timeout_ms, "timeout_ms", -1)
+        if self._job is None:
+            return True
+        return bool(self._job.wait(timeout_ms))
+
+    def get_output(self, max_output: int = 1024) -> np.ndarray:
+        """The tokens the last job generated so far (at most ``max_output`` of them)."""
+        self._check_open()
+        n = check_count(max_output, "max_output", 0)
+        if self._job is None:
+            return np.zeros(0, dtype=np.int32)
+        if self._job.done:
+            self._job.rethrow_if_failed()
+        return self._job.tokens()[:n]
+
+    def abort(self) -> None:
+        """Stop the running job within one layer; the tokens produced so far stay readable."""
+        self._check_open()
+        self._dev.abort()
+
+    def reset(self) -> None:
+        """Abort any job and bring the device back to IDLE (also from ERROR)."""
+        self._check_open()
+        self._dev.reset()
+
+    def logits(self, input_tokens: Any) -> np.ndarray:
+        """Logits at every position of one forward pass from an empty cache.
+
+        Returns float32 ``[len(input_tokens), vocab_size]``.
+        """
+        self._config()
+        return self._dev.logits(as_token_array(input_tokens))
+
+    # ------------------------------------------------------------------ registers
+    @property
+    def status(self) -> BitNetStatus:
+        """The device status register (:class:`BitNetStatus`)."""
+        self._check_open()
+        s = self._dev.status()
+        return BitNetStatus(s["state"], int(s["current_layer"]), int(s["tokens_processed"]), int(s["error_code"]))
+
+    @property
+    def performance(self) -> BitNetPerformance:
+        """Performance counters (:class:`BitNetPerformance`)."""
+        self._check_open()
+        p = self._dev.perf()
+        return BitNetPerformance(
+            int(p["total_cycles"]), int(p["dma_cycles"]), int(p["compute_cycles"]),
+            float(p["tokens_per_second"]), int(p["inference_count"]),
+        )
+
+    def performance_details(self) -> dict:
+        """Every counter the device keeps (cycles, MACs, DMA bytes, host timings), as a dict."""
+        self._check_open()
+        return dict(self._dev.perf())
+
+    @property
+    def model_info(self) -> BitNetModelInfo:
+        """Shape of the loaded model (:class:`BitNetModelInfo`)."""
+        c = self._config()
+        return BitNetModelInfo(
+            int(c["num_layers"]), int(c["hidden_size"]), int(c["vocab_size"]), int(c["max_seq_len"]),
+            int(c["weight_size"]),
+        )
+
+    def model_config(self) -> dict:
+        """The full configuration the loader read (arch, activation, rope, heads, notes ...)."""
+        return dict(self._config())
+
+    def card_info(self) -> dict:
+        """Transport, kernel, board profile and weight-memory use of the card."""
+        self._check_open()
+        return dict(self._dev.card_info())
+
+    @property
+    def is_busy(self) -> bool:
+        """True while a job runs on the device."""
+        self._check_open()
+        return bool(self._dev.busy)

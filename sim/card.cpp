@@ -1,0 +1,283 @@
+// card.cpp: the simulated card (see card.h): slots, command worker, cycle model.
+#include "card.h"
+
+#include <cmath>
+#include <exception>
+#include <future>
+
+#include "../cpp/error.h"
+
+namespace bitnet {
+namespace sim {
+
+BoardProfile board_profile(const std::string& name) {
+    BoardProfile p;
+    if (name == "vibee-zcu104" || name == "default" || name.empty()) {
+        // VIBEE's ZCU104 target: 200 MHz PL clock, 16 cores x 27 trits; PL DDR4 ~19.2 GB/s.
+        p.name = "vibee-zcu104";
+        p.clock_mhz = 200.0;
+        p.lanes = 16;
+        p.lane_width = 27;
+        p.ddr_gbps = 19.2;
+        p.dma_gbps = 4.0;
+        p.weight_capacity = 2ull << 30;
+    } else if (name == "vibee-vcu118") {
+        // VIBEE's VCU118 target: 300 MHz, 32 cores x 27 trits; two DDR4 channels.
+        p.name = "vibee-vcu118";
+        p.clock_mhz = 300.0;
+        p.lanes = 32;
+        p.lane_width = 27;
+        p.ddr_gbps = 38.4;
+        p.dma_gbps = 8.0;
+        p.weight_capacity = 4ull << 30;
+    } else if (name == "kv260") {
+        // A KV260-class edge card: 250 MHz, 8 lanes x 32, shared 4 GB DDR4 at ~10 GB/s usable.
+        p.name = "kv260";
+        p.clock_mhz = 250.0;
+        p.lanes = 8;
+        p.lane_width = 32;
+        p.ddr_gbps = 10.0;
+        p.dma_gbps = 2.0;
+        p.weight_capacity = 1536ull << 20;
+    } else {
+        std::string names;
+        for (const auto& n : board_profile_names()) names += (names.empty() ? "" : ", ") + n;
+        throw Error(ErrorCode::INVALID, "unknown board profile '" + name + "'; choose one of: " + names);
+    }
+    return p;
+}
+
+std::vector<std::string> board_profile_names() { return {"vibee-zcu104", "vibee-vcu118", "kv260"}; }
+
+uint64_t dma_cycles_for(const BoardProfile& p, uint64_t bytes) {
+    return p.dma_setup_cycles + static_cast<uint64_t>(std::ceil(static_cast<double>(bytes) / p.dma_bytes_per_cycle()));
+}
+
+uint64_t matmul_compute_cycles(const BoardProfile& p, int64_t B, int64_t N, int64_t K) {
+    // The engine works on `lanes` output rows at a time, `lane_width` inputs per lane per
+    // cycle, one activation row after another; the weights of the matrix stream once from
+    // weight memory per command (they are reused across the B rows). The slower of the two
+    // bounds the product, plus the pipeline fill.
+    const uint64_t row_groups = static_cast<uint64_t>((N + p.lanes - 1) / p.lanes);
+    const uint64_t k_steps = static_cast<uint64_t>((K + p.lane_width - 1) / p.lane_width);
+    const uint64_t mac_cycles = row_groups * k_steps * static_cast<uint64_t>(B);
+    const uint64_t bytes = static_cast<uint64_t>(N) * static_cast<uint64_t>(slot_row_bytes(K));
+    const uint64_t stream_cycles = static_cast<uint64_t>(std::ceil(static_cast<double>(bytes) / p.ddr_bytes_per_cycle()));
+    return std::max(mac_cycles, stream_cycles) + p.pipeline_cycles;
+}
+
+SimCard::SimCard(const BoardProfile& profile) : profile_(profile), kernels_(&select_kernels()) {
+    if (!(profile_.clock_mhz > 0) || profile_.lanes <= 0 || profile_.lane_width <= 0 || !(profile_.ddr_gbps > 0) ||
+        !(profile_.dma_gbps > 0)) {
+        throw Error(ErrorCode::INVALID, "board profile '" + profile_.name +
+                                            "': clock_mhz, lanes, lane_width, ddr_gbps and dma_gbps must be positive");
+    }
+    worker_ = std::thread([this] { worker_loop(); });
+}
+
+SimCard::~SimCard() {
+    {
+        std::lock_guard<std::mutex> lock(queue_mutex_);
+        stopping_ = true;
+    }
+    queue_cv_.notify_all();
+    if (worker_.joinable()) worker_.join();
+}
+
+void SimCard::worker_loop() {
+    for (;;) {
+        std::function<void()> task;
+        {
+            std::unique_lock<std::mutex> lock(queue_mutex_);
+            queue_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+            if (queue_.empty()) return;   // stopping and drained
+            task = std::move(queue_.front());
+            queue_.pop_front();
+        }
+        task();
+    }
+}
+
+void SimCard::execute(std::function<void()> task) {
+    std::packaged_task<void()> packaged(std::move(task));
+    std::future<void> done = packaged.get_future();
+    {
+        std::lock_guard<std::mutex> lock(queue_mutex_);
+        if (stopping_) throw Error(ErrorCode::CLOSED, "the card simulator is shutting down");
+        // packaged_task is move-only; std::function needs a copyable callable.
+        auto holder = std::make_shared<std::packaged_task<void()>>(std::move(packaged));
+        queue_.emplace_back([holder] { (*holder)(); });
+    }
+    queue_cv_.notify_one();
+    done.get();   // rethrows anything the task threw
+}
+
+void SimCard::load_slot(int slot, const int8_t* t, int64_t n, int64_t k, float scale) {
+    if (slot < 0) throw Error(ErrorCode::INVALID, "slot id must be >= 0, got " + std::to_string(slot));
+    if (n <= 0 || k <= 0) throw Error(ErrorCode::INVALID, "weight matrix must be non-empty, got shape [" +
+                                                          std::to_string(n) + ", " + std::to_string(k) + "]");
+    if (n > (int64_t{1} << 31) || k > (int64_t{1} << 31)) throw Error(ErrorCode::INVALID, "weight matrix too large");
+    if (!std::isfinite(scale) || scale < 0) {
+        throw Error(ErrorCode::INVALID, "weight scale must be finite and >= 0, got " + std::to_string(scale));
+    }
+    for (int64_t i = 0; i < n * k; ++i) {
+        if (t[i] < -1 || t[i] > 1) {
+            throw Error(ErrorCode::INVALID, "weight codes must be -1, 0 or +1; element " + std::to_string(i) + " is " +
+                                                std::to_string(t[i]));
+        }
+    }
+    const uint64_t bytes = static_cast<uint64_t>(n) * static_cast<uint64_t>(slot_row_bytes(k));
+    execute([&] {
+        {
+            std::lock_guard<std::mutex> lock(slots_mutex_);
+            const auto it = slots_.find(slot);
+            const uint64_t old = it == slots_.end() ? 0 : it->second.packed.size();
+            if (used_bytes_ - old + bytes > profile_.weight_capacity) {
+                throw Error(ErrorCode::NO_MEMORY,
+                            "card weight memory full: slot " + std::to_string(slot) + " needs " + std::to_string(bytes) +
+                                " bytes, " + std::to_string(profile_.weight_capacity - (used_bytes_ - old)) +
+                                " of " + std::to_string(profile_.weight_capacity) + " are free");
+            }
+        }
+        TernarySlot s;
+        pack_slot(t, n, k, scale, s);
+        if (kernels_->prepare) kernels_->prepare(s);
+        {
+            std::lock_guard<std::mutex> lock(slots_mutex_);
+            auto it = slots_.find(slot);
+            if (it != slots_.end()) used_bytes_ -= it->second.packed.size();
+            used_bytes_ += s.packed.size();
+            slots_[slot] = std::move(s);
+        }
+        const uint64_t dma = dma_cycles_for(profile_, bytes);
+        std::lock_guard<std::mutex> lock(counters_mutex_);
+        counters_.dma_cycles += dma;
+        counters_.total_cycles += dma;
+        counters_.dma_bytes += bytes;
+    });
+}
+
+void SimCard::free_slot(int slot) {
+    execute([&] {
+        std::lock_guard<std::mutex> lock(slots_mutex_);
+        auto it = slots_.find(slot);
+        if (it == slots_.end()) return;
+        used_bytes_ -= it->second.packed.size();
+        slots_.erase(it);
+    });
+}
+
+void SimCard::free_all() {
+    execute([&] {
+        std::lock_guard<std::mutex> lock(slots_mutex_);
+        slots_.clear();
+        used_bytes_ = 0;
+    });
+}
+
+bool SimCard::has_slot(int slot) const {
+    std::lock_guard<std::mutex> lock(slots_mutex_);
+    return slots_.count(slot) != 0;
+}
+
+SlotInfo SimCard::slot_info(int slot) const {
+    std::lock_guard<std::mutex> lock(slots_mutex_);
+    auto it = slots_.find(slot);
+    if (it == slots_.end()) throw Error(ErrorCode::INVALID, "card slot " + std::to_string(slot) + " holds no weights");
+    SlotInfo info;
+    info.slot = slot;
+    info.n = it->second.n;
+    info.k = it->second.k;
+    info.scale = it->second.scale;
+    info.bytes = it->second.packed.size();
+    return info;
+}
+
+uint64_t SimCard::weight_used() const {
+    std::lock_guard<std::mutex> lock(slots_mutex_);
+    return used_bytes_;
+}
+
+std::vector<int8_t> SimCard::read_slot(int slot) const {
+    std::lock_guard<std::mutex> lock(slots_mutex_);
+    auto it = slots_.find(slot);
+    if (it == slots_.end()) throw Error(ErrorCode::INVALID, "card slot " + std::to_string(slot) + " holds no weights");
+    const TernarySlot& s = it->second;
+    std::vector<int8_t> out(static_cast<size_t>(s.n * s.k));
+    for (int64_t r = 0; r < s.n; ++r)
+        for (int64_t c = 0; c < s.k; ++c) out[static_cast<size_t>(r * s.k + c)] = s.get(r, c);
+    return out;
+}
+
+void SimCard::run(const MatmulCommand& cmd) {
+    if (!cmd.q || !cmd.sx) throw Error(ErrorCode::INVALID, "matmul command without activation buffers");
+    if (cmd.B <= 0 || cmd.K <= 0) throw Error(ErrorCode::INVALID, "matmul command with an empty activation batch");
+    if (cmd.ops.empty()) throw Error(ErrorCode::INVALID, "matmul command with no products");
+    {
+        std::lock_guard<std::mutex> lock(slots_mutex_);
+        for (const MatmulOp& op : cmd.ops) {
+            auto it = slots_.find(op.slot);
+            if (it == slots_.end())
+                throw Error(ErrorCode::INVALID, "matmul on card slot " + std::to_string(op.slot) + ", which holds no weights");
+            if (it->second.k != cmd.K)
+                throw Error(ErrorCode::INVALID, "matmul on card slot " + std::to_string(op.slot) + ": the slot has " +
+                                                    std::to_string(it->second.k) + " inputs, the activations " +
+                                                    std::to_string(cmd.K));
+            if (!op.y) throw Error(ErrorCode::INVALID, "matmul product without an output buffer");
+        }
+    }
+    execute([&] { run_on_worker(cmd); });
+}
+
+void SimCard::run_on_worker(const MatmulCommand& cmd) {
+    const int64_t B = cmd.B, K = cmd.K;
+    uint64_t dma = dma_cycles_for(profile_, static_cast<uint64_t>(B * K + 4 * B));
+    uint64_t dma_bytes = static_cast<uint64_t>(B * K + 4 * B);
+    uint64_t compute = 0, macs = 0, wbytes = 0;
+    std::vector<int32_t> acc;
+    for (const MatmulOp& op : cmd.ops) {
+        const TernarySlot* slot;
+        {
+            std::lock_guard<std::mutex> lock(slots_mutex_);
+            slot = &slots_.at(op.slot);   // slots only change on this worker thread
+        }
+        const int64_t N = slot->n;
+        acc.resize(static_cast<size_t>(B * N));
+        kernels_->gemm(*slot, cmd.q, B, acc.data(), N, 0, N);
+        const float beta = slot->scale;
+        for (int64_t b = 0; b < B; ++b) {
+            const float sx = cmd.sx[b];
+            const int32_t* a = acc.data() + b * N;
+            float* y = op.y + b * N;
+            for (int64_t j = 0; j < N; ++j) y[j] = (static_cast<float>(a[j]) / sx) * beta;
+        }
+        if (op.acc) std::copy(acc.begin(), acc.end(), op.acc);
+        compute += matmul_compute_cycles(profile_, B, N, K);
+        dma += dma_cycles_for(profile_, static_cast<uint64_t>(B * N * 4));
+        dma_bytes += static_cast<uint64_t>(B * N * 4);
+        macs += static_cast<uint64_t>(B * N * K);
+        wbytes += slot->packed.size();
+    }
+    std::lock_guard<std::mutex> lock(counters_mutex_);
+    counters_.dma_cycles += dma;
+    counters_.compute_cycles += compute;
+    counters_.total_cycles += dma + compute;
+    counters_.commands += 1;
+    counters_.matmuls += cmd.ops.size();
+    counters_.macs += macs;
+    counters_.dma_bytes += dma_bytes;
+    counters_.weight_bytes_read += wbytes;
+}
+
+Counters SimCard::counters() const {
+    std::lock_guard<std::mutex> lock(counters_mutex_);
+    return counters_;
+}
+
+void SimCard::reset_counters() {
+    std::lock_guard<std::mutex> lock(counters_mutex_);
+    counters_ = Counters{};
+}
+
+}  // namespace sim
+}  // namespace bitnet

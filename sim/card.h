@@ -1,0 +1,145 @@
+// card.h: the simulated BitNet card.
+//
+// What it models (DESIGN.md section 2): a ternary matrix engine with its own weight memory
+// (slots, each one packed ternary matrix + fp32 scale, bounded by the board's capacity) and a
+// command processor. Commands run on the card's own worker thread, so the card really is busy
+// while it computes, and every command advances the cycle counters of the board's cycle model
+// (docs/NUMERICS.md "Card arithmetic", docs/DEVICE_ABI.md "Cycle model").
+//
+// Engine arithmetic, per activation row b and output row j of a slot (the card contract):
+//     acc[b][j] = sum_k q[b][k] * t[j][k]          int8 x ternary -> exact int32
+//     y[b][j]   = ((float)acc[b][j] / s_x[b]) * beta    fp32, in this order
+//
+// Thread-safety: all public methods may be called from any thread; commands are serialised
+// on the worker.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace bitnet {
+namespace sim {
+
+// Board parameters of the cycle model. Bandwidths are in GB/s (1e9 bytes per second).
+struct BoardProfile {
+    std::string name = "vibee-zcu104";
+    double clock_mhz = 200.0;          // fabric clock
+    int lanes = 16;                    // MAC lanes (output rows processed in parallel)
+    int lane_width = 27;               // MACs per lane per cycle (trits per lane word)
+    double ddr_gbps = 19.2;            // card DDR -> engine weight streaming bandwidth
+    double dma_gbps = 4.0;             // host <-> card DMA bandwidth
+    uint64_t dma_setup_cycles = 200;   // fixed cost of one DMA transfer
+    uint64_t pipeline_cycles = 32;     // fill/drain of the MAC pipeline per matmul
+    uint64_t weight_capacity = 4ull << 30;  // bytes of weight memory
+
+    double ddr_bytes_per_cycle() const { return ddr_gbps * 1e3 / clock_mhz; }
+    double dma_bytes_per_cycle() const { return dma_gbps * 1e3 / clock_mhz; }
+};
+
+// Named board profiles: "vibee-zcu104", "vibee-vcu118", "kv260". Throws Error(INVALID).
+BoardProfile board_profile(const std::string& name);
+std::vector<std::string> board_profile_names();
+
+struct Counters {
+    uint64_t total_cycles = 0;
+    uint64_t dma_cycles = 0;
+    uint64_t compute_cycles = 0;
+    uint64_t commands = 0;          // matmul commands executed
+    uint64_t matmuls = 0;           // matrix products executed (a command may hold several)
+    uint64_t macs = 0;              // multiply-accumulates performed
+    uint64_t dma_bytes = 0;         // bytes moved host <-> card
+    uint64_t weight_bytes_read = 0; // bytes streamed from weight memory
+};
+
+// Cycle model formulas (documented in docs/NUMERICS.md and docs/DEVICE_ABI.md).
+uint64_t dma_cycles_for(const BoardProfile& p, uint64_t bytes);
+uint64_t matmul_compute_cycles(const BoardProfile& p, int64_t B, int64_t N, int64_t K);
+
+// One product inside a command: y[B, n_slot] (fp32) = engine(q, slot). acc, if not null,
+// also receives the int32 accumulators [B, n_slot].
+struct MatmulOp {
+    int slot = -1;
+    float* y = nullptr;
+    int32_t* acc = nullptr;
+};
+
+// A command: several products sharing one activation batch q[B, K] (e.g. a layer's q/k/v).
+struct MatmulCommand {
+    const int8_t* q = nullptr;   // [B, K] int8
+    const float* sx = nullptr;   // [B] activation scales s_x (q = round(x * s_x))
+    int64_t B = 0;
+    int64_t K = 0;
+    std::vector<MatmulOp> ops;
+};
+
+struct SlotInfo {
+    int slot = -1;
+    int64_t n = 0;
+    int64_t k = 0;
+    float scale = 0.0f;
+    uint64_t bytes = 0;
+};
+
+class SimCard {
+public:
+    explicit SimCard(const BoardProfile& profile);
+    ~SimCard();
+    SimCard(const SimCard&) = delete;
+    SimCard& operator=(const SimCard&) = delete;
+
+    const BoardProfile& profile() const { return profile_; }
+    const char* kernel_name() const { return kernels_->name; }
+
+    // Load t (n x k row-major codes in {-1,0,1}) with scale beta into `slot`, replacing what
+    // was there. Throws Error(INVALID) for bad arguments, Error(NO_MEMORY) when the weight
+    // memory cannot hold it (the slot's old content is kept in that case).
+    void load_slot(int slot, const int8_t* t, int64_t n, int64_t k, float scale);
+    void free_slot(int slot);
+    void free_all();
+    bool has_slot(int slot) const;
+    SlotInfo slot_info(int slot) const;   // throws Error(INVALID) for an empty slot
+    uint64_t weight_used() const;
+
+    // Run a command on the card worker; blocks until it finished. Validates the command
+    // first (slots exist and match K; buffers non-null); throws Error(INVALID) otherwise.
+    void run(const MatmulCommand& cmd);
+
+    Counters counters() const;
+    void reset_counters();
+
+    // Read a slot's codes back (for tests and introspection): n*k int8.
+    std::vector<int8_t> read_slot(int slot) const;
+
+private:
+    void execute(std::function<void()> task);   // run on the worker and wait
+    void worker_loop();
+    void run_on_worker(const MatmulCommand& cmd);
+
+    BoardProfile profile_;
+    const KernelTable* kernels_;
+
+    mutable std::mutex slots_mutex_;
+    std::map<int, TernarySlot> slots_;
+    uint64_t used_bytes_ = 0;
+
+    mutable std::mutex counters_mutex_;
+    Counters counters_;
+
+    std::mutex queue_mutex_;
+    std::condition_variable queue_cv_;
+    std::deque<std::function<void()>> queue_;
+    bool stopping_ = false;
+    std::thread worker_;
+};
+
+}  // namespace sim
+}  // namespace bitnet
