@@ -166,6 +166,35 @@ void bind_runtime(py::module_& m) {
                  r["weight_used"] = t.weight_used();
                  return r;
              })
+        .def("load_user_weights",
+             [](Device& d, int layer_id, const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& t,
+                float scale) {
+                 if (t.ndim() != 2) throw Error(ErrorCode::INVALID, "weights must be 2-D [out_features, in_features]");
+                 const int64_t n = t.shape(0), k = t.shape(1);
+                 py::gil_scoped_release nogil;
+                 d.load_user_weights(layer_id, t.data(), n, k, scale);
+             },
+             py::arg("layer_id"), py::arg("codes"), py::arg("scale"))
+        .def("matmul",
+             [](Device& d, int layer_id, const py::array_t<float, py::array::c_style | py::array::forcecast>& x,
+                bool return_acc) -> py::object {
+                 if (x.ndim() != 2) throw Error(ErrorCode::INVALID, "x must be 2-D [batch, in_features]");
+                 const int64_t B = x.shape(0), k = x.shape(1);
+                 std::vector<float> y;
+                 std::vector<int32_t> acc;
+                 {
+                     py::gil_scoped_release nogil;
+                     y = d.matmul(layer_id, x.data(), B, k, return_acc ? &acc : nullptr);
+                 }
+                 const py::ssize_t N = B > 0 ? static_cast<py::ssize_t>(y.size() / static_cast<size_t>(B)) : 0;
+                 py::array_t<float> ya({static_cast<py::ssize_t>(B), N});
+                 std::copy(y.begin(), y.end(), ya.mutable_data());
+                 if (!return_acc) return std::move(ya);
+                 py::array_t<int32_t> aa({static_cast<py::ssize_t>(B), N});
+                 std::copy(acc.begin(), acc.end(), aa.mutable_data());
+                 return py::make_tuple(ya, aa);
+             },
+             py::arg("layer_id"), py::arg("x"), py::arg("return_acc") = false)
         .def("abort", &Device::abort)
         .def("reset", &Device::reset, py::call_guard<py::gil_scoped_release>());
 

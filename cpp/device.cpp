@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstring>
 
@@ -173,7 +174,7 @@ void Device::load_model(const std::string& path) {
             engine_.reset();
             model_.reset();
         }
-        transport_->free_all();
+        transport_->free_range(0, kUserSlotBase);
         auto model = std::make_shared<Model>(path, *transport_, 0);
         auto engine = std::make_unique<Engine>(*model, *transport_);
         std::lock_guard<std::mutex> lock(mu_);
@@ -181,7 +182,7 @@ void Device::load_model(const std::string& path) {
         engine_ = std::move(engine);
     } catch (...) {
         try {
-            transport_->free_all();
+            transport_->free_range(0, kUserSlotBase);
         } catch (...) {
         }
         state_.store(static_cast<int>(DeviceState::IDLE));
@@ -367,6 +368,67 @@ std::vector<float> Device::logits(const std::vector<int32_t>& tokens) {
     state_.store(static_cast<int>(DeviceState::IDLE));
     release();
     return out;
+}
+
+void Device::load_user_weights(int layer_id, const int8_t* t, int64_t n, int64_t k, float scale) {
+    check_open();
+    if (layer_id < 0 || layer_id >= kUserSlotBase)
+        throw Error(ErrorCode::INVALID, "layer_id must be in [0, " + std::to_string(kUserSlotBase) + "), got " +
+                                            std::to_string(layer_id));
+    acquire();
+    state_.store(static_cast<int>(DeviceState::LOADING_WEIGHTS));
+    try {
+        transport_->load_slot(kUserSlotBase + layer_id, t, n, k, scale);
+    } catch (...) {
+        state_.store(static_cast<int>(DeviceState::IDLE));
+        release();
+        throw;
+    }
+    state_.store(static_cast<int>(DeviceState::IDLE));
+    release();
+}
+
+std::vector<float> Device::matmul(int layer_id, const float* x, int64_t B, int64_t k, std::vector<int32_t>* acc) {
+    check_open();
+    if (layer_id < 0 || layer_id >= kUserSlotBase || !transport_->has_slot(kUserSlotBase + layer_id))
+        throw Error(ErrorCode::INVALID, "no weights loaded for layer_id " + std::to_string(layer_id) +
+                                            "; call load_weights_from_array(weights, layer_id) first");
+    const SlotInfo info = transport_->slot_info(kUserSlotBase + layer_id);
+    if (k != info.k)
+        throw Error(ErrorCode::INVALID, "x has " + std::to_string(k) + " features but layer " + std::to_string(layer_id) +
+                                            " expects " + std::to_string(info.k));
+    if (B <= 0) throw Error(ErrorCode::INVALID, "x has no rows");
+    for (int64_t i = 0; i < B * k; ++i)
+        if (!std::isfinite(x[i])) throw Error(ErrorCode::INVALID, "x holds a non-finite value at flat index " + std::to_string(i));
+    acquire();
+    std::vector<float> y(static_cast<size_t>(B * info.n));
+    try {
+        std::vector<int8_t> q(static_cast<size_t>(B * k));
+        std::vector<float> sx(static_cast<size_t>(B));
+        for (int64_t b = 0; b < B; ++b) sx[b] = quantize_row_i8(x + b * k, k, q.data() + b * k);
+        MatmulCommand cmd;
+        cmd.q = q.data();
+        cmd.sx = sx.data();
+        cmd.B = B;
+        cmd.K = k;
+        MatmulOp op;
+        op.slot = kUserSlotBase + layer_id;
+        op.y = y.data();
+        if (acc) {
+            acc->resize(static_cast<size_t>(B * info.n));
+            op.acc = acc->data();
+        }
+        cmd.ops.push_back(op);
+        state_.store(static_cast<int>(DeviceState::RUNNING));
+        transport_->run(cmd);
+    } catch (...) {
+        state_.store(static_cast<int>(DeviceState::IDLE));
+        release();
+        throw;
+    }
+    state_.store(static_cast<int>(DeviceState::IDLE));
+    release();
+    return y;
 }
 
 DeviceStatus Device::status() const {

@@ -102,6 +102,13 @@ public:
     // Logits at every position of one forward pass from an empty cache: [T, n_vocab].
     std::vector<float> logits(const std::vector<int32_t>& tokens);
 
+    // User weight slots (the card as a bare matrix engine, outside any model): slot ids are
+    // user_slot_base() + layer_id. load_user_weights replaces the slot's matrix.
+    static constexpr int kUserSlotBase = 1 << 24;
+    void load_user_weights(int layer_id, const int8_t* t, int64_t n, int64_t k, float scale);
+    // y[B, n] = card(quant(x[B, k]); slot): the BitLinear of docs/NUMERICS.md.
+    std::vector<float> matmul(int layer_id, const float* x, int64_t B, int64_t k, std::vector<int32_t>* acc);
+
     DeviceStatus status() const;
     DevicePerf perf() const;
     bool busy() const { return running_.load(); }

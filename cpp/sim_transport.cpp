@@ -17,6 +17,7 @@ public:
     }
     void free_slot(int slot) override { card_.free_slot(slot); }
     void free_all() override { card_.free_all(); }
+    void free_range(int lo, int hi) override { card_.free_range(lo, hi); }
     bool has_slot(int slot) const override { return card_.has_slot(slot); }
     SlotInfo slot_info(int slot) const override { return card_.slot_info(slot); }
     uint64_t weight_used() const override { return card_.weight_used(); }

@@ -31,6 +31,7 @@ public:
     virtual void load_slot(int slot, const int8_t* t, int64_t n, int64_t k, float scale) = 0;
     virtual void free_slot(int slot) = 0;
     virtual void free_all() = 0;
+    virtual void free_range(int lo, int hi) = 0;   // slots lo <= id < hi
     virtual bool has_slot(int slot) const = 0;
     virtual SlotInfo slot_info(int slot) const = 0;
     virtual uint64_t weight_used() const = 0;

@@ -175,6 +175,16 @@ void SimCard::free_all() {
     });
 }
 
+void SimCard::free_range(int lo, int hi) {
+    execute([&] {
+        std::lock_guard<std::mutex> lock(slots_mutex_);
+        for (auto it = slots_.lower_bound(lo); it != slots_.end() && it->first < hi;) {
+            used_bytes_ -= it->second.packed.size();
+            it = slots_.erase(it);
+        }
+    });
+}
+
 bool SimCard::has_slot(int slot) const {
     std::lock_guard<std::mutex> lock(slots_mutex_);
     return slots_.count(slot) != 0;

@@ -105,6 +105,7 @@ public:
     void load_slot(int slot, const int8_t* t, int64_t n, int64_t k, float scale);
     void free_slot(int slot);
     void free_all();
+    void free_range(int lo, int hi);   // every slot with lo <= id < hi
     bool has_slot(int slot) const;
     SlotInfo slot_info(int slot) const;   // throws Error(INVALID) for an empty slot
     uint64_t weight_used() const;

@@ -127,6 +127,7 @@ class BitNet:
         self._device_name = device
         self._job: Optional[Any] = None
         self._stop_default: list = []
+        self._user_slots: dict = {}
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -184,6 +185,79 @@ class BitNet:
         path = os.fspath(model_path)
         self._dev.load_model(path)
         self._stop_default = list(self._dev.model_config()["stop_token_ids"])
+
+    def load_weights_from_array(self, weights: Any, layer_id: int = -1, *, scale: Optional[float] = None) -> int:
+        """Load one ternary matrix ``[out_features, in_features]`` into card slot ``layer_id``.
+
+        ``weights`` is int8 (or any integer dtype) holding -1/0/+1, with ``scale`` (default 1.0)
+        as the matrix's ``beta``; or a float array whose values are ``t * beta`` (exactly three
+        values ``-beta, 0, +beta``), in which case ``beta`` is read from it. ``layer_id=-1``
+        picks the lowest free slot id. Returns the slot id. User slots are separate from the
+        loaded model's and share the card's weight memory.
+        """
+        self._check_open()
+        layer_id = check_count(layer_id, "layer_id", -1, (1 << 24) - 1)
+        arr = np.asarray(weights)
+        if arr.dtype == np.bool_ or arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+        ):
+            raise TypeError(f"weights must be an integer or float array, got dtype {arr.dtype}")
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise BitNetValueError(ErrorCode.INVALID, f"weights must be a non-empty 2-D array [out, in], got shape {arr.shape}")
+        if np.issubdtype(arr.dtype, np.integer):
+            if arr.min() < -1 or arr.max() > 1:
+                raise BitNetValueError(ErrorCode.INVALID, "integer weights must hold only -1, 0 and +1")
+            codes = arr.astype(np.int8)
+            beta = 1.0 if scale is None else float(scale)
+        else:
+            w = arr.astype(np.float32)
+            if not np.all(np.isfinite(w)):
+                raise BitNetValueError(ErrorCode.INVALID, "weights hold NaN or infinity")
+            mags = np.unique(np.abs(w[w != 0]))
+            if mags.size > 1:
+                raise BitNetValueError(
+                    ErrorCode.INVALID,
+                    "float weights must be ternary values t * beta (one magnitude); got "
+                    f"{mags.size} distinct magnitudes. Ternarise first (bitnet.torch_api.BitLinear, or "
+                    "absmean: beta = mean|W|, t = clip(round(W / beta), -1, 1))",
+                )
+            beta = float(mags[0]) if mags.size else 0.0
+            codes = np.sign(w).astype(np.int8)
+            if scale is not None:
+                beta *= float(scale)
+        if not np.isfinite(beta) or beta < 0:
+            raise BitNetValueError(ErrorCode.INVALID, f"scale must be finite and >= 0, got {beta}")
+        if layer_id == -1:
+            layer_id = 0
+            while layer_id in self._user_slots:
+                layer_id += 1
+        self._dev.load_user_weights(layer_id, codes, beta)
+        self._user_slots[layer_id] = codes.shape
+        return layer_id
+
+    def matmul(self, x: Any, layer_id: int, *, return_acc: bool = False) -> Any:
+        """``x @ W.T`` on the card for the matrix in slot ``layer_id``, with BitNet numerics.
+
+        ``x`` is float, 1-D ``[in]`` or 2-D ``[batch, in]``; each row is quantised to int8
+        (per-token absmax, docs/NUMERICS.md), multiplied on the card and rescaled. Returns
+        float32 of shape ``[out]`` or ``[batch, out]``; with ``return_acc=True`` also the int32
+        accumulators.
+        """
+        self._check_open()
+        layer_id = check_count(layer_id, "layer_id", 0, (1 << 24) - 1)
+        arr = np.asarray(x)
+        if arr.dtype == np.bool_ or arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+        ):
+            raise TypeError(f"x must be a float array, got dtype {arr.dtype}")
+        if arr.ndim not in (1, 2):
+            raise BitNetValueError(ErrorCode.INVALID, f"x must be 1-D or 2-D, got shape {arr.shape}")
+        x2 = np.ascontiguousarray(arr.reshape(1, -1) if arr.ndim == 1 else arr, dtype=np.float32)
+        out = self._dev.matmul(layer_id, x2, bool(return_acc))
+        if return_acc:
+            y, acc = out
+            return (y[0], acc[0]) if arr.ndim == 1 else (y, acc)
+        return out[0] if arr.ndim == 1 else out
 
     # ------------------------------------------------------------------ inference
     def inference(
