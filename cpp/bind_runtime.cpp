@@ -62,12 +62,15 @@ void bind_runtime(py::module_& m) {
         .def("wait", &Job::wait, py::arg("timeout_ms") = -1, py::call_guard<py::gil_scoped_release>(),
              "Wait up to timeout_ms (negative: forever); True if the job has finished.")
         .def("wait_for_tokens", &Job::wait_for_tokens, py::arg("n"), py::arg("timeout_ms") = -1,
-             py::call_guard<py::gil_scoped_release>())
+             py::arg("seq") = 0, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("done", &Job::done)
+        .def_property_readonly("n_seq", &Job::n_seq)
         .def("abort", &Job::abort)
-        .def("tokens", [](const Job& j) { return to_numpy(j.tokens()); })
-        .def("tokens_from", [](const Job& j, size_t start) { return to_numpy(j.tokens_from(start)); })
-        .def_property_readonly("stop_reason", &Job::stop_reason)
+        .def("tokens", [](const Job& j, size_t seq) { return to_numpy(j.tokens(seq)); }, py::arg("seq") = 0)
+        .def("tokens_from", [](const Job& j, size_t start, size_t seq) { return to_numpy(j.tokens_from(start, seq)); },
+             py::arg("start"), py::arg("seq") = 0)
+        .def_property_readonly("stop_reason", [](const Job& j) { return j.stop_reason(); })
+        .def("seq_stop_reason", [](const Job& j, size_t seq) { return j.stop_reason(seq); }, py::arg("seq"))
         .def("rethrow_if_failed", &Job::rethrow_if_failed);
 
     py::class_<Device>(m, "Device", "A BitNet card (simulated or real) with its loaded model.")
@@ -103,11 +106,11 @@ void bind_runtime(py::module_& m) {
              },
              py::arg("tokens"))
         .def("submit",
-             [](Device& d, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens,
+             [](Device& d, const std::vector<py::array_t<int32_t, py::array::c_style | py::array::forcecast>>& prompts,
                 int64_t max_new_tokens, float temperature, int64_t top_k, float top_p, uint64_t seed,
                 std::vector<int32_t> stop_tokens) {
                  GenerateRequest req;
-                 req.prompt = from_numpy(tokens);
+                 for (const auto& p : prompts) req.prompts.push_back(from_numpy(p));
                  req.max_new_tokens = max_new_tokens;
                  req.sampling.temperature = temperature;
                  req.sampling.top_k = top_k;
@@ -117,7 +120,7 @@ void bind_runtime(py::module_& m) {
                  py::gil_scoped_release nogil;
                  return d.submit(req);
              },
-             py::arg("tokens"), py::arg("max_new_tokens"), py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
+             py::arg("prompts"), py::arg("max_new_tokens"), py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
              py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("stop_tokens") = std::vector<int32_t>{})
         .def("status",
              [](const Device& d) {

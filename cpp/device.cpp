@@ -25,12 +25,23 @@ const char* device_state_name(DeviceState s) {
 
 // ------------------------------------------------------------------------------------ Job
 
-void Job::push(int32_t token) {
+void Job::check_seq(size_t seq) const {
+    if (seq >= tokens_.size())
+        throw Error(ErrorCode::INVALID, "sequence index " + std::to_string(seq) + " out of range: the job has " +
+                                            std::to_string(tokens_.size()));
+}
+
+void Job::push(size_t seq, int32_t token) {
     {
         std::lock_guard<std::mutex> lock(mu_);
-        tokens_.push_back(token);
+        tokens_[seq].push_back(token);
     }
     cv_.notify_all();
+}
+
+void Job::end_seq(size_t seq, const std::string& reason) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (reasons_[seq].empty()) reasons_[seq] = reason;
 }
 
 void Job::finish(const std::string& reason, std::exception_ptr error) {
@@ -39,6 +50,8 @@ void Job::finish(const std::string& reason, std::exception_ptr error) {
         done_ = true;
         reason_ = reason;
         error_ = error;
+        for (auto& r : reasons_)
+            if (r.empty()) r = reason;
     }
     cv_.notify_all();
 }
@@ -52,12 +65,13 @@ bool Job::wait(int64_t timeout_ms) {
     return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [this] { return done_; });
 }
 
-size_t Job::wait_for_tokens(size_t n, int64_t timeout_ms) {
+size_t Job::wait_for_tokens(size_t n, int64_t timeout_ms, size_t seq) {
+    check_seq(seq);
     std::unique_lock<std::mutex> lock(mu_);
-    auto ready = [&] { return done_ || tokens_.size() >= n; };
+    auto ready = [&] { return done_ || tokens_[seq].size() >= n; };
     if (timeout_ms < 0) cv_.wait(lock, ready);
     else cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
-    return tokens_.size();
+    return tokens_[seq].size();
 }
 
 bool Job::done() const {
@@ -65,20 +79,29 @@ bool Job::done() const {
     return done_;
 }
 
-std::vector<int32_t> Job::tokens() const {
+std::vector<int32_t> Job::tokens(size_t seq) const {
+    check_seq(seq);
     std::lock_guard<std::mutex> lock(mu_);
-    return tokens_;
+    return tokens_[seq];
 }
 
-std::vector<int32_t> Job::tokens_from(size_t start) const {
+std::vector<int32_t> Job::tokens_from(size_t start, size_t seq) const {
+    check_seq(seq);
     std::lock_guard<std::mutex> lock(mu_);
-    if (start >= tokens_.size()) return {};
-    return std::vector<int32_t>(tokens_.begin() + static_cast<std::ptrdiff_t>(start), tokens_.end());
+    const auto& t = tokens_[seq];
+    if (start >= t.size()) return {};
+    return std::vector<int32_t>(t.begin() + static_cast<std::ptrdiff_t>(start), t.end());
 }
 
 std::string Job::stop_reason() const {
     std::lock_guard<std::mutex> lock(mu_);
     return reason_;
+}
+
+std::string Job::stop_reason(size_t seq) const {
+    check_seq(seq);
+    std::lock_guard<std::mutex> lock(mu_);
+    return reasons_[seq];
 }
 
 void Job::rethrow_if_failed() const {
@@ -213,7 +236,10 @@ std::shared_ptr<Job> Device::submit(const GenerateRequest& req) {
     {
         std::lock_guard<std::mutex> lock(mu_);
         check_model();
-        validate_tokens(req.prompt, "input_tokens");
+        if (req.prompts.empty()) throw Error(ErrorCode::INVALID, "the batch holds no sequences");
+        for (size_t i = 0; i < req.prompts.size(); ++i)
+            validate_tokens(req.prompts[i], req.prompts.size() == 1 ? "input_tokens"
+                                                                    : ("input_batch[" + std::to_string(i) + "]").c_str());
     }
     if (req.max_new_tokens < 0)
         throw Error(ErrorCode::INVALID, "max_output must be >= 0, got " + std::to_string(req.max_new_tokens));
@@ -223,7 +249,7 @@ std::shared_ptr<Job> Device::submit(const GenerateRequest& req) {
                                           "); call reset() first");
     acquire();
     join_worker();
-    auto job = std::make_shared<Job>();
+    auto job = std::make_shared<Job>(req.prompts.size());
     {
         std::lock_guard<std::mutex> lock(mu_);
         job_ = job;
@@ -246,6 +272,7 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
     std::string reason = "length";
     std::exception_ptr error;
     int64_t generated = 0;
+    uint64_t prefilled = 0;
     try {
         std::shared_ptr<Model> model;
         Engine* engine;
@@ -255,41 +282,98 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
             engine = engine_.get();
         }
         const ModelConfig& c = model->config();
-        const int64_t P = static_cast<int64_t>(req.prompt.size());
-        const int64_t max_new = std::min(req.max_new_tokens, c.n_ctx - P);
+        const size_t S = req.prompts.size();
         RunHooks hooks{&job->abort_, &current_layer_};
-        Sampler sampler(req.sampling);
-        KVCache cache(c);
-        cache.reserve(P + std::max<int64_t>(max_new, 0));
+        // One sampler per sequence, seeded seed + index: sequence i of a batch samples exactly
+        // what a single job with seed + i would.
+        std::vector<Sampler> samplers;
+        std::vector<KVCache> caches;
+        std::vector<int64_t> budget(S);   // new tokens each sequence may still produce
+        std::vector<int32_t> last(S);
+        std::vector<bool> active(S, false);
+        for (size_t i = 0; i < S; ++i) {
+            SamplingParams sp = req.sampling;
+            sp.seed = req.sampling.seed + i;
+            samplers.emplace_back(sp);
+            caches.emplace_back(c);
+            const int64_t P = static_cast<int64_t>(req.prompts[i].size());
+            budget[i] = std::min(req.max_new_tokens, c.n_ctx - P);
+            caches[i].reserve(P + std::max<int64_t>(budget[i], 0));
+            active[i] = budget[i] > 0;
+            if (!active[i]) job->end_seq(i, "length");
+        }
+        // Prefill every active sequence, in forward passes of at most 256 rows (bounded
+        // activation memory); logits only for each prompt's last token.
         std::vector<float> logits;
-        if (max_new > 0) {
-            // Prefill in chunks (bounded activation memory), logits only for the last token.
-            const int64_t chunk = 256;
-            for (int64_t s = 0; s < P; s += chunk) {
-                const int64_t e = std::min(P, s + chunk);
-                std::vector<ForwardRow> rows;
-                for (int64_t i = s; i < e; ++i) rows.push_back({&cache, req.prompt[i], i, i == P - 1});
-                engine->forward(rows, logits, hooks);
-                tokens_processed_.fetch_add(e - s);
+        std::vector<ForwardRow> rows;
+        std::vector<size_t> row_seq;       // which sequence each logits row belongs to
+        std::vector<std::vector<float>> seq_logits(S);
+        auto flush = [&]() {
+            if (rows.empty()) return;
+            engine->forward(rows, logits, hooks);
+            size_t w = 0;
+            for (size_t r = 0; r < rows.size(); ++r) {
+                if (!rows[r].want_logits) continue;
+                const float* src = logits.data() + w * c.n_vocab;
+                seq_logits[row_seq[w]].assign(src, src + c.n_vocab);
+                ++w;
             }
-            for (;;) {
-                const int32_t tok = sampler.sample(logits.data(), c.n_vocab);
-                job->push(tok);
-                ++generated;
-                tokens_processed_.fetch_add(1);
-                if (std::find(req.stop_tokens.begin(), req.stop_tokens.end(), tok) != req.stop_tokens.end()) {
-                    reason = "stop";
-                    break;
-                }
-                if (generated >= max_new) {
-                    reason = "length";
-                    break;
-                }
-                if (job->abort_.load()) throw Error(ErrorCode::ABORTED, "aborted");
-                std::vector<ForwardRow> rows{{&cache, tok, cache.n_pos, true}};
-                engine->forward(rows, logits, hooks);
+            tokens_processed_.fetch_add(static_cast<int64_t>(rows.size()));
+            prefilled += rows.size();
+            rows.clear();
+            row_seq.clear();
+        };
+        for (size_t i = 0; i < S; ++i) {
+            if (!active[i]) continue;
+            const auto& p = req.prompts[i];
+            const int64_t P = static_cast<int64_t>(p.size());
+            for (int64_t t = 0; t < P; ++t) {
+                rows.push_back({&caches[i], p[t], t, t == P - 1});
+                if (t == P - 1) row_seq.push_back(i);
+                if (rows.size() >= 256) flush();
             }
         }
+        flush();
+        prefilled = 0;
+        for (const auto& p : req.prompts) prefilled += p.size();
+
+        // Decode: sample for every active sequence, then one forward pass for all of them.
+        for (;;) {
+            bool any = false;
+            for (size_t i = 0; i < S; ++i) {
+                if (!active[i]) continue;
+                const int32_t tok = samplers[i].sample(seq_logits[i].data(), c.n_vocab);
+                job->push(i, tok);
+                ++generated;
+                tokens_processed_.fetch_add(1);
+                last[i] = tok;
+                --budget[i];
+                if (std::find(req.stop_tokens.begin(), req.stop_tokens.end(), tok) != req.stop_tokens.end()) {
+                    active[i] = false;
+                    job->end_seq(i, "stop");
+                } else if (budget[i] <= 0) {
+                    active[i] = false;
+                    job->end_seq(i, "length");
+                }
+                any = any || active[i];
+            }
+            if (!any) break;
+            if (job->abort_.load()) throw Error(ErrorCode::ABORTED, "aborted");
+            rows.clear();
+            row_seq.clear();
+            for (size_t i = 0; i < S; ++i) {
+                if (!active[i]) continue;
+                rows.push_back({&caches[i], last[i], caches[i].n_pos, true});
+                row_seq.push_back(i);
+            }
+            engine->forward(rows, logits, hooks);
+            for (size_t w = 0; w < row_seq.size(); ++w) {
+                const float* src = logits.data() + w * c.n_vocab;
+                seq_logits[row_seq[w]].assign(src, src + c.n_vocab);
+            }
+        }
+        reason = S == 1 ? job->stop_reason(0) : "length";
+        if (reason.empty()) reason = "length";
         state_.store(static_cast<int>(DeviceState::IDLE));
     } catch (const Error& e) {
         if (e.code() == ErrorCode::ABORTED) {
@@ -318,7 +402,7 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
         std::lock_guard<std::mutex> lock(perf_mu_);
         perf_.inference_count += 1;
         perf_.tokens_generated += static_cast<uint64_t>(generated);
-        perf_.tokens_prefilled += req.prompt.size();
+        perf_.tokens_prefilled += prefilled;
         perf_.last_job_seconds = secs;
         perf_.tokens_per_second = secs > 0 ? static_cast<double>(generated) / secs : 0.0;
     }

@@ -44,8 +44,10 @@ struct DevicePerf {
     double last_job_seconds = 0;       // host wall time of the last job
 };
 
+// One job generates for one or more sequences (a batch): every decode step runs one forward
+// pass for all unfinished sequences, so each weight read serves the whole batch.
 struct GenerateRequest {
-    std::vector<int32_t> prompt;
+    std::vector<std::vector<int32_t>> prompts;
     int64_t max_new_tokens = 1024;
     SamplingParams sampling;
     std::vector<int32_t> stop_tokens;
@@ -53,26 +55,33 @@ struct GenerateRequest {
 
 class Job {
 public:
+    explicit Job(size_t n_seq = 1) : tokens_(n_seq), reasons_(n_seq) {}
+    size_t n_seq() const { return tokens_.size(); }
     // Waits up to timeout_ms (< 0: forever) for the job to finish; true if it has.
     bool wait(int64_t timeout_ms);
-    // Waits until at least n tokens exist or the job finished; returns the token count.
-    size_t wait_for_tokens(size_t n, int64_t timeout_ms);
+    // Waits until sequence `seq` has at least n tokens or the job finished; returns its count.
+    size_t wait_for_tokens(size_t n, int64_t timeout_ms, size_t seq = 0);
     bool done() const;
     void abort() { abort_.store(true); }
-    std::vector<int32_t> tokens() const;
-    std::vector<int32_t> tokens_from(size_t start) const;
-    std::string stop_reason() const;   // "", "stop", "length", "aborted", "error"
+    std::vector<int32_t> tokens(size_t seq = 0) const;
+    std::vector<int32_t> tokens_from(size_t start, size_t seq = 0) const;
+    // Why the job (or one sequence of it) ended: "", "stop", "length", "aborted", "error".
+    std::string stop_reason() const;
+    std::string stop_reason(size_t seq) const;
     // Rethrows the error that ended the job, if any.
     void rethrow_if_failed() const;
 
 private:
     friend class Device;
-    void push(int32_t token);
+    void push(size_t seq, int32_t token);
+    void end_seq(size_t seq, const std::string& reason);
     void finish(const std::string& reason, std::exception_ptr error);
+    void check_seq(size_t seq) const;
 
     mutable std::mutex mu_;
     std::condition_variable cv_;
-    std::vector<int32_t> tokens_;
+    std::vector<std::vector<int32_t>> tokens_;
+    std::vector<std::string> reasons_;
     bool done_ = false;
     std::string reason_;
     std::exception_ptr error_;

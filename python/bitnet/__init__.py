@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from .core import BitNet, BitNetModelInfo, BitNetPerformance, BitNetStatus, default_device
 from .errors import BitNetError, ErrorCode
+from .numpy_api import (
+    BitNetStream,
+    bitnet_batch_inference,
+    bitnet_inference,
+    pad_sequences,
+    tokens_to_numpy,
+    unpad_sequence,
+)
 
 __version__ = "0.1.0"
 
@@ -16,6 +24,12 @@ __all__ = [
     "BitNetModelInfo",
     "BitNetPerformance",
     "BitNetStatus",
+    "BitNetStream",
+    "bitnet_batch_inference",
+    "bitnet_inference",
+    "pad_sequences",
+    "tokens_to_numpy",
+    "unpad_sequence",
     "ErrorCode",
     "default_device",
     "__version__",

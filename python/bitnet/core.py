@@ -309,7 +309,7 @@ class BitNet:
         n = check_count(max_output, "max_output", 0)
         t, k, p, s = check_sampling(temperature, top_k, top_p, seed)
         stops = check_stop_tokens(stop_token_ids, self._stop_default)
-        self._job = self._dev.submit(tokens, n, t, k, p, s, stops)
+        self._job = self._dev.submit([tokens], n, t, k, p, s, stops)
 
     def wait(self, timeout_ms: int = -1) -> bool:
         """Wait for the running job; ``False`` if ``timeout_ms`` (>= 0) passed first.
