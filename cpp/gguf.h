@@ -27,8 +27,9 @@ const char* gguf_type_name(GGUFType t);
 
 // One metadata value. Scalars fill exactly one of u/i/f/b/s according to `type`
 // (integers are stored both as u and i when they fit). Arrays fill elem_type, count and,
-// for arrays of scalars or strings, one of ints/floats/strs. Nested arrays are validated and
-// kept only as a count.
+// for arrays of scalars or strings, one of ints/floats/strs (unsigned elements are stored
+// from their bit pattern, so a uint64 above INT64_MAX reads back with a cast). Nested arrays
+// are validated and kept only as a count.
 struct GGUFValue {
     GGUFType type = GGUFType::UINT8;
     uint64_t u = 0;
@@ -77,8 +78,9 @@ struct GGUFTensor {
 
 class GGUFFile {
 public:
-    // Opens, maps and validates `path`. Throws Error(FILE) (or Error(OPEN) when the file
-    // cannot be opened at all) naming the problem.
+    // Opens, maps and validates `path`. Throws Error(FILE) naming the problem; when the file
+    // cannot be opened the message carries strerror's text ("No such file or directory" for
+    // a missing file, which Python maps to BitNetFileNotFoundError).
     explicit GGUFFile(const std::string& path);
     ~GGUFFile();
     GGUFFile(const GGUFFile&) = delete;

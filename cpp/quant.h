@@ -34,10 +34,13 @@ struct TernaryMatrix {
 // Decode a 2-D ternary-capable tensor (TQ1_0, TQ2_0, I2_S, or F32/F16/BF16 holding t*beta or
 // a master weight). Throws Error(FILE) naming the tensor when the data cannot be a BitNet
 // ternary matrix (non-finite or negative scales, block scales that disagree, bad codes).
+// The result is canonical: scale == 0 exactly when every code is 0. TQ1_0/TQ2_0 blocks whose
+// codes are all 0, or whose fp16 scale is 0, do not take part in the one-scale check.
+// May log (INFO) when a float master weight is ternarised; safe to call without the GIL.
 TernaryMatrix decode_ternary(const GGUFTensor& tensor);
 
 // Absmean ternarisation of a float matrix (REFERENCE.md 1.1): beta = max(mean|W|, 1e-5),
-// t = clamp(rint(W / beta), -1, 1).
+// t = clamp(rint(W / beta), -1, 1). Throws Error(INVALID) on a non-finite weight.
 void ternarise_absmean(const float* w, int64_t n, int8_t* t, float* beta);
 
 }  // namespace bitnet
