@@ -77,7 +77,7 @@ py::object value_to_py(const GGUFValue& v) {
 const GGUFTensor& lookup(const GGUFFile& f, const py::handle& name) {
     const std::string key = from_pyname(name);
     const GGUFTensor* t = f.tensor(key);
-    if (!t) throw py::key_error("no tensor named '" + key + "' in " + f.path());
+    if (!t) throw py::key_error("no tensor named " + quote_name(key) + " in " + printable_text(f.path()));
     return *t;
 }
 
@@ -176,7 +176,7 @@ data_offset) and nbytes.
                 } else {
                     const int64_t ne0 = t.ne[0];
                     const int64_t rows = t.n_elements / ne0;
-                    const size_t row_bytes = tensor_nbytes(t.type, ne0, ne0, "tensor '" + t.name + "'");
+                    const size_t row_bytes = tensor_nbytes(t.type, ne0, ne0, "tensor " + quote_name(t.name));
                     for (int64_t r = 0; r < rows; ++r) {
                         dequantize_row(t.type, t.data + static_cast<size_t>(r) * row_bytes,
                                        out.data() + r * ne0, ne0);
@@ -203,9 +203,21 @@ Decode a 2-D weight into BitNet b1.58 form: (t, scale, ternarised) with t an int
 [rows, cols] of codes in {-1, 0, +1} and W = t * scale. Float tensors that are not already
 ternary are ternarised with absmean (ternarised is then True).
 )doc")
+        // The C++ typed getters, for tests (the runtime reads hyper-parameters through them).
+        .def("_get_uint", [](const GGUFFile& f, const std::string& key, const py::object& def) {
+            return def.is_none() ? f.get_uint(key) : f.get_uint(key, def.cast<uint64_t>());
+        }, py::arg("key"), py::arg("default") = py::none())
+        .def("_get_float", [](const GGUFFile& f, const std::string& key, const py::object& def) {
+            return def.is_none() ? f.get_float(key) : f.get_float(key, def.cast<double>());
+        }, py::arg("key"), py::arg("default") = py::none())
+        .def("_get_string", [](const GGUFFile& f, const std::string& key, const py::object& def) {
+            return to_pystr(def.is_none() ? f.get_string(key) : f.get_string(key, def.cast<std::string>()));
+        }, py::arg("key"), py::arg("default") = py::none())
+        .def("_get_bool", [](const GGUFFile& f, const std::string& key, bool def) { return f.get_bool(key, def); },
+             py::arg("key"), py::arg("default"))
         .def("__repr__", [](const GGUFFile& f) {
-            return "<GGUFFile '" + f.path() + "' v" + std::to_string(f.version()) + " arch=" +
-                   f.architecture() + " (" + dialect_name(f.dialect()) + "), " +
+            return "<GGUFFile " + quote_name(f.path()) + " v" + std::to_string(f.version()) + " arch=" +
+                   printable_text(f.architecture()) + " (" + dialect_name(f.dialect()) + "), " +
                    std::to_string(f.tensors().size()) + " tensors>";
         });
 

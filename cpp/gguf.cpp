@@ -134,6 +134,62 @@ size_t tensor_nbytes(TensorType t, int64_t ne0, int64_t n, const std::string& wh
     return static_cast<size_t>(blocks * bb);
 }
 
+namespace {
+
+// Length of the valid UTF-8 sequence starting at s[k], or 0 if there is none.
+size_t utf8_len(const std::string& s, size_t k) {
+    const auto b = [&](size_t j) { return static_cast<unsigned char>(s[j]); };
+    const unsigned char c = b(k);
+    size_t n;
+    uint32_t cp;
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) { n = 2; cp = c & 0x1fu; }
+    else if (c >= 0xe0 && c <= 0xef) { n = 3; cp = c & 0x0fu; }
+    else if (c >= 0xf0 && c <= 0xf4) { n = 4; cp = c & 0x07u; }
+    else return 0;
+    if (k + n > s.size()) return 0;
+    for (size_t j = 1; j < n; ++j) {
+        if ((b(k + j) & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (b(k + j) & 0x3fu);
+    }
+    // Reject overlong forms, surrogates and values past U+10FFFF.
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return 0;
+    }
+    return n;
+}
+
+}  // namespace
+
+namespace {
+
+std::string escape_text(const std::string& s, size_t limit) {
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    size_t k = 0;
+    while (k < s.size() && k < limit) {
+        const unsigned char ch = static_cast<unsigned char>(s[k]);
+        const size_t n = utf8_len(s, k);
+        if (n == 0 || ch < 0x20 || ch == 0x7f) {
+            out += "\\x";
+            out += hex[ch >> 4];
+            out += hex[ch & 15];
+            ++k;
+        } else {
+            out.append(s, k, n);
+            k += n;
+        }
+    }
+    if (k < s.size()) out += "...";
+    return out;
+}
+
+}  // namespace
+
+std::string printable_text(const std::string& s) { return escape_text(s, std::string::npos); }
+
+std::string quote_name(const std::string& s) { return "'" + escape_text(s, 200) + "'"; }
+
 // ---------------------------------------------------------------------------------------------
 // Parsing helpers
 // ---------------------------------------------------------------------------------------------
@@ -181,25 +237,6 @@ uint64_t min_elem_bytes(GGUFType t) {
     return scalar_bytes(t);
 }
 
-std::string quoted(const std::string& s) {
-    // Names come from the file: keep messages printable and short.
-    std::string out = "'";
-    const size_t limit = 200;
-    for (size_t k = 0; k < s.size() && k < limit; ++k) {
-        const unsigned char ch = static_cast<unsigned char>(s[k]);
-        if (ch < 0x20 || ch == 0x7f) {
-            static const char* hex = "0123456789abcdef";
-            out += "\\x";
-            out += hex[ch >> 4];
-            out += hex[ch & 15];
-        } else {
-            out += static_cast<char>(ch);
-        }
-    }
-    if (s.size() > limit) out += "...";
-    return out + "'";
-}
-
 // A bounds-checked reader over the mapped file. `ctx` strings name the field being read and
 // are only turned into messages on failure.
 class Cursor {
@@ -211,7 +248,7 @@ public:
     uint64_t remaining() const { return size_ - pos_; }
 
     [[noreturn]] void error(const std::string& msg) const {
-        fail(ErrorCode::FILE, file_ + ": " + msg);
+        fail(ErrorCode::FILE, file_ + ": " + msg);   // file_ is already quote-safe
     }
 
     void need(uint64_t n, const std::string& what) const {
@@ -412,7 +449,7 @@ TensorType map_type_id(uint32_t id, Dialect dialect, const std::string& arch, co
             // and the fork also writes arch "bitnet", so "bitnet" + 36 can only be I2_S.
             if (fork || arch == "bitnet") return TensorType::I2_S;
             c.error(ctx + ": type id 36 is I2_S in bitnet.cpp files but IQ4_NL_4_4 (a removed in-memory "
-                          "repack type) in upstream ggml; architecture " + quoted(arch) +
+                          "repack type) in upstream ggml; architecture " + quote_name(arch) +
                     " is not a bitnet.cpp architecture (bitnet-b1.58, bitnet-25, bitnet), so the id is "
                     "ambiguous and the tensor is rejected");
         case 37:
@@ -449,8 +486,9 @@ TensorType map_type_id(uint32_t id, Dialect dialect, const std::string& arch, co
 // GGUFFile
 // ---------------------------------------------------------------------------------------------
 
-GGUFFile::GGUFFile(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+GGUFFile::GGUFFile(const std::string& file) : path_(file) {
+    const std::string path = printable_text(file);   // for messages
+    fd_ = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) {
         const int err = errno;
         // strerror(ENOENT) is "No such file or directory": bitnet.errors maps that text to
@@ -502,7 +540,8 @@ GGUFFile::~GGUFFile() {
 }
 
 void GGUFFile::parse() {
-    Cursor c(base_, size_, path_);
+    const std::string label = printable_text(path_);
+    Cursor c(base_, size_, label);
 
     // --- header -------------------------------------------------------------------------------
     if (std::memcmp(base_, kMagic, 4) != 0) {
@@ -549,7 +588,7 @@ void GGUFFile::parse() {
         const std::string kctx = "metadata kv #" + std::to_string(k);
         std::string key = c.string(kMaxNameBytes, kctx + " key");
         if (key.empty()) c.error(kctx + ": empty key");
-        const std::string ctx = "key " + quoted(key);
+        const std::string ctx = "key " + quote_name(key);
         if (kv_.count(key)) c.error(ctx + ": duplicate key");
         const uint32_t t = static_cast<uint32_t>(c.read(4, ctx + " value type"));
         if (!known_value_type(t)) c.error(ctx + ": unknown value type " + std::to_string(t));
@@ -582,7 +621,7 @@ void GGUFFile::parse() {
     for (uint64_t k = 0; k < n_tensors; ++k) {
         GGUFTensor t;
         t.name = c.string(kMaxNameBytes, "tensor info #" + std::to_string(k) + " name");
-        const std::string ctx = "tensor " + quoted(t.name);
+        const std::string ctx = "tensor " + quote_name(t.name);
         if (t.name.empty()) c.error("tensor info #" + std::to_string(k) + ": empty tensor name");
         if (tensor_index_.count(t.name)) c.error(ctx + ": duplicate tensor name");
 
@@ -626,8 +665,8 @@ void GGUFFile::parse() {
                 "), past the end of the " + std::to_string(size_) + "-byte file");
     }
     for (GGUFTensor& t : tensors_) {
-        const std::string ctx = "tensor " + quoted(t.name);
-        t.nbytes = tensor_nbytes(t.type, t.ne[0], t.n_elements, path_ + ": " + ctx + " (" + tensor_type_name(t.type) + ")");
+        const std::string ctx = "tensor " + quote_name(t.name);
+        t.nbytes = tensor_nbytes(t.type, t.ne[0], t.n_elements, label + ": " + ctx + " (" + tensor_type_name(t.type) + ")");
         if (t.offset % alignment_ != 0) {
             c.error(ctx + ": offset " + std::to_string(t.offset) + " is not a multiple of the alignment " +
                     std::to_string(alignment_));
@@ -649,8 +688,8 @@ void GGUFFile::parse() {
         const GGUFTensor* a = order[k - 1];
         const GGUFTensor* b = order[k];
         if (b->offset < a->offset + a->nbytes) {
-            c.error("tensor " + quoted(b->name) + " (offset " + std::to_string(b->offset) + ") overlaps tensor " +
-                    quoted(a->name) + " (offset " + std::to_string(a->offset) + ", " + std::to_string(a->nbytes) +
+            c.error("tensor " + quote_name(b->name) + " (offset " + std::to_string(b->offset) + ") overlaps tensor " +
+                    quote_name(a->name) + " (offset " + std::to_string(a->offset) + ", " + std::to_string(a->nbytes) +
                     " bytes)");
         }
     }
@@ -670,13 +709,13 @@ namespace {
 
 [[noreturn]] void type_error(const std::string& path, const std::string& key, const char* want,
                              const GGUFValue& v) {
-    fail(ErrorCode::FILE, path + ": key " + quoted(key) + ": expected " + want + ", found " +
+    fail(ErrorCode::FILE, printable_text(path) + ": key " + quote_name(key) + ": expected " + want + ", found " +
                               gguf_type_name(v.type));
 }
 
 const GGUFValue& require(const GGUFFile& f, const std::string& key) {
     const GGUFValue* v = f.find(key);
-    if (!v) fail(ErrorCode::FILE, f.path() + ": required key " + quoted(key) + " is missing");
+    if (!v) fail(ErrorCode::FILE, printable_text(f.path()) + ": required key " + quote_name(key) + " is missing");
     return *v;
 }
 
@@ -687,7 +726,7 @@ bool is_signed(GGUFType t) {
 uint64_t as_uint(const std::string& path, const std::string& key, const GGUFValue& v) {
     if (!v.is_integer()) type_error(path, key, "an unsigned integer", v);
     if (is_signed(v.type) && v.i < 0) {
-        fail(ErrorCode::FILE, path + ": key " + quoted(key) + ": expected an unsigned integer, found the negative " +
+        fail(ErrorCode::FILE, printable_text(path) + ": key " + quote_name(key) + ": expected an unsigned integer, found the negative " +
                                   gguf_type_name(v.type) + " " + std::to_string(v.i));
     }
     return v.u;
@@ -735,7 +774,7 @@ bool GGUFFile::get_bool(const std::string& key, bool def) const {
     if (v->is_integer()) {
         if (v->i == 0 && v->u == 0) return false;
         if (v->i == 1 && v->u == 1) return true;
-        fail(ErrorCode::FILE, path_ + ": key " + quoted(key) + ": expected a bool (or integer 0/1), found " +
+        fail(ErrorCode::FILE, printable_text(path_) + ": key " + quote_name(key) + ": expected a bool (or integer 0/1), found " +
                                   gguf_type_name(v->type) + " " +
                                   (is_signed(v->type) ? std::to_string(v->i) : std::to_string(v->u)));
     }

@@ -64,6 +64,12 @@ size_t tensor_type_block_bytes(TensorType t);
 // naming `what` if ne0 is not a multiple of the block size or the size overflows.
 size_t tensor_nbytes(TensorType t, int64_t ne0, int64_t n, const std::string& what);
 
+// Text from a file (a key, a tensor name) or a path, made safe for an error message: control
+// bytes and bytes that are not valid UTF-8 become \xNN, so messages are always valid UTF-8.
+// quote_name also cuts very long names and adds single quotes.
+std::string printable_text(const std::string& s);
+std::string quote_name(const std::string& s);
+
 struct GGUFTensor {
     std::string name;
     uint32_t type_id = 0;        // the raw id in the file

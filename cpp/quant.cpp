@@ -275,7 +275,7 @@ void ternarise_absmean(const float* w, int64_t n, int8_t* t, float* beta) {
 namespace {
 
 [[noreturn]] void bad(const GGUFTensor& tensor, const std::string& msg) {
-    fail(ErrorCode::FILE, "tensor '" + tensor.name + "': " + msg);
+    fail(ErrorCode::FILE, "tensor " + quote_name(tensor.name) + ": " + msg);
 }
 
 std::string fmt_float(double v) {
@@ -475,7 +475,7 @@ void decode_float(const GGUFTensor& tensor, TernaryMatrix& m) {
     ternarise_absmean(w.data(), n, m.t.data(), &beta);
     m.scale = beta;
     m.ternarised = true;
-    log_message(LogLevel::INFO, "tensor '" + tensor.name + "' (" + tensor_type_name(tensor.type) + ", [" +
+    log_message(LogLevel::INFO, "tensor " + quote_name(tensor.name) + " (" + tensor_type_name(tensor.type) + ", [" +
                                     std::to_string(m.rows) + ", " + std::to_string(m.cols) +
                                     "]) holds full-precision weights; ternarised with absmean, beta = " +
                                     fmt_float(beta));
@@ -498,7 +498,7 @@ TernaryMatrix decode_ternary(const GGUFTensor& tensor) {
     }
     if (!tensor.data) bad(tensor, "has no data");
     // Re-check what the reader guarantees, since a GGUFTensor may also be built by hand.
-    const size_t need = tensor_nbytes(tensor.type, tensor.ne[0], tensor.n_elements, "tensor '" + tensor.name + "'");
+    const size_t need = tensor_nbytes(tensor.type, tensor.ne[0], tensor.n_elements, "tensor " + quote_name(tensor.name));
     if (tensor.nbytes < need) bad(tensor, "holds fewer bytes than its shape and type need");
 
     TernaryMatrix m;
