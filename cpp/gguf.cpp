@@ -237,8 +237,8 @@ uint64_t min_elem_bytes(GGUFType t) {
     return scalar_bytes(t);
 }
 
-// A bounds-checked reader over the mapped file. `ctx` strings name the field being read and
-// are only turned into messages on failure.
+// A bounds-checked reader over the mapped file. The `what` arguments name the field being
+// read, for the error message.
 class Cursor {
 public:
     Cursor(const uint8_t* base, size_t size, const std::string& file)
@@ -271,15 +271,19 @@ public:
         return v;
     }
 
-    std::string string(uint64_t max_len, const std::string& what) {
-        const uint64_t len = read(8, what + " length");
+    // A gguf_string: u64 length, then the bytes. `what()` names the field; it is only called
+    // to build an error message (string arrays hold hundreds of thousands of elements).
+    template <typename What>
+    std::string string(uint64_t max_len, What&& what) {
+        if (remaining() < 8) need(8, what() + " length");
+        const uint64_t len = read_unchecked(8);
         if (len > remaining()) {
-            error(what + ": length " + std::to_string(len) + " exceeds the " + std::to_string(remaining()) +
+            error(what() + ": length " + std::to_string(len) + " exceeds the " + std::to_string(remaining()) +
                   " bytes left in the file");
         }
         if (len > max_len) {
-            error(what + ": length " + std::to_string(len) + " exceeds the limit of " + std::to_string(max_len) +
-                  " bytes");
+            error(what() + ": length " + std::to_string(len) + " exceeds the limit of " +
+                  std::to_string(max_len) + " bytes");
         }
         std::string s(reinterpret_cast<const char*>(base_ + pos_), static_cast<size_t>(len));
         pos_ += static_cast<size_t>(len);
@@ -339,7 +343,7 @@ bool read_scalar(Cursor& c, GGUFType t, uint64_t& u, int64_t& i, double& f, bool
 void read_value(Cursor& c, GGUFType type, GGUFValue& out, const std::string& ctx, int depth) {
     out.type = type;
     if (type == GGUFType::STRING) {
-        out.s = c.string(kMaxStringBytes, ctx + " string value");
+        out.s = c.string(kMaxStringBytes, [&] { return ctx + " string value"; });
         return;
     }
     if (type != GGUFType::ARRAY) {
@@ -368,7 +372,7 @@ void read_value(Cursor& c, GGUFType type, GGUFValue& out, const std::string& ctx
         case GGUFType::STRING:
             out.strs.reserve(count);
             for (size_t k = 0; k < count; ++k) {
-                out.strs.push_back(c.string(kMaxStringBytes, ctx + " element " + std::to_string(k)));
+                out.strs.push_back(c.string(kMaxStringBytes, [&] { return ctx + " element " + std::to_string(k); }));
             }
             return;
         case GGUFType::ARRAY:
@@ -586,7 +590,7 @@ void GGUFFile::parse() {
     // --- metadata -----------------------------------------------------------------------------
     for (uint64_t k = 0; k < n_kv; ++k) {
         const std::string kctx = "metadata kv #" + std::to_string(k);
-        std::string key = c.string(kMaxNameBytes, kctx + " key");
+        std::string key = c.string(kMaxNameBytes, [&] { return kctx + " key"; });
         if (key.empty()) c.error(kctx + ": empty key");
         const std::string ctx = "key " + quote_name(key);
         if (kv_.count(key)) c.error(ctx + ": duplicate key");
@@ -620,7 +624,7 @@ void GGUFFile::parse() {
     tensors_.reserve(static_cast<size_t>(n_tensors));
     for (uint64_t k = 0; k < n_tensors; ++k) {
         GGUFTensor t;
-        t.name = c.string(kMaxNameBytes, "tensor info #" + std::to_string(k) + " name");
+        t.name = c.string(kMaxNameBytes, [&] { return "tensor info #" + std::to_string(k) + " name"; });
         const std::string ctx = "tensor " + quote_name(t.name);
         if (t.name.empty()) c.error("tensor info #" + std::to_string(k) + ": empty tensor name");
         if (tensor_index_.count(t.name)) c.error(ctx + ": duplicate tensor name");
