@@ -66,7 +66,9 @@ def random_hf_checkpoint(directory: Union[str, os.PathLike], preset: str = "smal
                                 "quantization_mode": "offline"},
     }
     tensors: Dict[str, np.ndarray] = {
-        "model.embed_tokens.weight": rng.standard_normal((vocab, d), dtype=np.float32),
+        # Embedding std 4/sqrt(d): layer outputs dominate the residual stream and the tied head
+        # gives logits with a spread of a few units, as in a trained model.
+        "model.embed_tokens.weight": rng.standard_normal((vocab, d), dtype=np.float32) * np.float32(4.0 / np.sqrt(d)),
         "model.norm.weight": (1.0 + 0.1 * rng.standard_normal(d)).astype(np.float32),
     }
     projs = {"self_attn.q_proj": (heads * hd, d), "self_attn.k_proj": (kv * hd, d),
