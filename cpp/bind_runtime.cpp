@@ -74,10 +74,11 @@ void bind_runtime(py::module_& m) {
         .def("rethrow_if_failed", &Job::rethrow_if_failed);
 
     py::class_<Device>(m, "Device", "A BitNet card (simulated or real) with its loaded model.")
-        .def(py::init([](const std::string& spec, const std::string& profile) {
-                 return std::make_unique<Device>(spec, sim::board_profile(profile));
+        .def(py::init([](const std::string& spec, const std::string& profile, int n_threads) {
+                 return std::make_unique<Device>(spec, sim::board_profile(profile), n_threads);
              }),
-             py::arg("spec") = "sim", py::arg("profile") = "vibee-zcu104")
+             py::arg("spec") = "sim", py::arg("profile") = "vibee-zcu104", py::arg("n_threads") = 0)
+        .def_property_readonly("n_threads", &Device::n_threads)
         .def_property_readonly("spec", &Device::spec)
         .def_property_readonly("closed", &Device::closed)
         .def_property_readonly("busy", &Device::busy)
@@ -159,6 +160,7 @@ void bind_runtime(py::module_& m) {
                  py::dict r;
                  r["transport"] = t.name();
                  r["kernel"] = t.kernel_name();
+                 r["n_threads"] = d.n_threads();
                  r["profile"] = p.name;
                  r["clock_mhz"] = p.clock_mhz;
                  r["lanes"] = p.lanes;
@@ -201,6 +203,50 @@ void bind_runtime(py::module_& m) {
         .def("abort", &Device::abort)
         .def("reset", &Device::reset, py::call_guard<py::gil_scoped_release>());
 
+    // Kernel test hooks: run one kernel on given data (tests compare kernels bit for bit).
+    m.def("_kernel_gemm",
+          [](const std::string& name, const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& t,
+             const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& q, int64_t j0, int64_t j1) {
+              const sim::KernelTable& k = sim::kernels_by_name(name);
+              if (t.ndim() != 2 || q.ndim() != 2 || t.shape(1) != q.shape(1))
+                  throw Error(ErrorCode::INVALID, "t must be [N, K] and q [B, K]");
+              const int64_t N = t.shape(0), K = t.shape(1), B = q.shape(0);
+              if (j0 < 0 || j1 > N || j0 > j1) throw Error(ErrorCode::INVALID, "bad row range");
+              for (int64_t i = 0; i < N * K; ++i)
+                  if (t.data()[i] < -1 || t.data()[i] > 1) throw Error(ErrorCode::INVALID, "codes must be -1/0/1");
+              sim::TernarySlot slot;
+              sim::pack_slot(t.data(), N, K, 1.0f, slot);
+              const int64_t kpad = sim::slot_k_padded(K);
+              std::vector<int8_t> qp(static_cast<size_t>(B * kpad), 0);
+              std::vector<int32_t> qs(static_cast<size_t>(B), 0);
+              for (int64_t b = 0; b < B; ++b)
+                  for (int64_t i = 0; i < K; ++i) {
+                      qp[b * kpad + i] = q.data()[b * K + i];
+                      qs[b] += q.data()[b * K + i];
+                  }
+              sim::ActBatch act;
+              act.q = qp.data();
+              act.B = B;
+              act.K = K;
+              act.ldq = kpad;
+              act.qsum = qs.data();
+              py::array_t<int32_t> out({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(N)});
+              std::fill(out.mutable_data(), out.mutable_data() + B * N, 0);
+              k.gemm(slot, act, out.mutable_data(), N, j0, j1);
+              return out;
+          },
+          py::arg("kernel"), py::arg("t"), py::arg("q"), py::arg("j0"), py::arg("j1"));
+    m.def("_kernel_dot_f16",
+          [](const std::string& name, const py::array_t<uint16_t, py::array::c_style | py::array::forcecast>& rows,
+             const py::array_t<float, py::array::c_style | py::array::forcecast>& x) {
+              const sim::KernelTable& k = sim::kernels_by_name(name);
+              if (rows.ndim() != 2 || x.ndim() != 1 || rows.shape(1) != x.shape(0))
+                  throw Error(ErrorCode::INVALID, "rows must be [R, n] (fp16 bits) and x [n]");
+              py::array_t<float> out(rows.shape(0));
+              k.dot_f16(rows.data(), rows.shape(1), rows.shape(0), x.data(), x.shape(0), out.mutable_data());
+              return out;
+          },
+          py::arg("kernel"), py::arg("rows"), py::arg("x"));
     m.def("board_profiles", &sim::board_profile_names);
     m.def("available_kernels", &sim::available_kernels);
 }

@@ -115,9 +115,10 @@ void Job::rethrow_if_failed() const {
 
 // --------------------------------------------------------------------------------- Device
 
-Device::Device(const std::string& spec, const sim::BoardProfile& profile) : spec_(spec) {
+Device::Device(const std::string& spec, const sim::BoardProfile& profile, int n_threads) : spec_(spec) {
+    pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : ThreadPool::default_threads());
     if (spec == "sim") {
-        transport_ = make_sim_transport(profile);
+        transport_ = make_sim_transport(profile, pool_.get());
     } else if (spec.rfind("/dev/", 0) == 0) {
         struct stat st;
         if (::stat(spec.c_str(), &st) != 0) {
@@ -199,7 +200,7 @@ void Device::load_model(const std::string& path) {
         }
         transport_->free_range(0, kUserSlotBase);
         auto model = std::make_shared<Model>(path, *transport_, 0);
-        auto engine = std::make_unique<Engine>(*model, *transport_);
+        auto engine = std::make_unique<Engine>(*model, *transport_, pool_.get());
         std::lock_guard<std::mutex> lock(mu_);
         model_ = std::move(model);
         engine_ = std::move(engine);

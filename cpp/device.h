@@ -91,7 +91,9 @@ private:
 class Device {
 public:
     // spec: "sim" (the simulator), or "/dev/bitnetN" (a card through its driver).
-    Device(const std::string& spec, const sim::BoardProfile& profile);
+    // n_threads <= 0: ThreadPool::default_threads() ($BITNET_NUM_THREADS or all CPUs).
+    Device(const std::string& spec, const sim::BoardProfile& profile, int n_threads = 0);
+    int n_threads() const { return pool_->size(); }
     ~Device();
     Device(const Device&) = delete;
     Device& operator=(const Device&) = delete;
@@ -137,6 +139,7 @@ private:
     void run_job(std::shared_ptr<Job> job, GenerateRequest req);
 
     std::string spec_;
+    std::unique_ptr<ThreadPool> pool_;
     std::unique_ptr<Transport> transport_;
     mutable std::mutex mu_;
     std::shared_ptr<Model> model_;

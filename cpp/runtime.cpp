@@ -39,7 +39,8 @@ void KVCache::reserve(int64_t positions) {
     capacity = cap;
 }
 
-Engine::Engine(const Model& model, Transport& card) : model_(model), card_(card) {
+Engine::Engine(const Model& model, Transport& card, ThreadPool* pool)
+    : model_(model), card_(card), pool_(pool), kernels_(&sim::select_kernels()) {
     const ModelConfig& c = model_.config();
     inv_freq_.resize(static_cast<size_t>(c.rope_dim / 2));
     for (int64_t i = 0; i < c.rope_dim / 2; ++i) {
@@ -68,38 +69,33 @@ void Engine::rope(float* vec, int64_t n_heads, int64_t pos) const {
     }
 }
 
-void Engine::attention(const ForwardRow& row, int64_t layer, const float* q, float* out) const {
-    const ModelConfig& c = model_.config();
-    const int64_t hd = c.head_dim;
-    const int64_t group = c.n_head / c.n_head_kv;
-    const int64_t n_ctx = row.pos + 1;   // causal: positions 0..pos
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    std::vector<float> score(static_cast<size_t>(n_ctx));
-    for (int64_t h = 0; h < c.n_head; ++h) {
-        const int64_t kvh = h / group;
-        const float* qh = q + h * hd;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t t = 0; t < n_ctx; ++t) {
-            const float* kt = row.cache->k_at(layer, t) + kvh * hd;
-            float dot = 0.0f;
-            for (int64_t d = 0; d < hd; ++d) dot += qh[d] * kt[d];
-            score[t] = dot * scale;
-            mx = std::max(mx, score[t]);
-        }
-        float sum = 0.0f;
-        for (int64_t t = 0; t < n_ctx; ++t) {
-            score[t] = std::exp(score[t] - mx);
-            sum += score[t];
-        }
-        float* oh = out + h * hd;
-        std::fill(oh, oh + hd, 0.0f);
-        for (int64_t t = 0; t < n_ctx; ++t) {
-            const float p = score[t] / sum;
-            const float* vt = row.cache->v_at(layer, t) + kvh * hd;
-            for (int64_t d = 0; d < hd; ++d) oh[d] += p * vt[d];
-        }
+namespace {
+
+// softmax(q . K^T * scale) V for one query head against positions [0, n_ctx) of a cache.
+void attend_head(const float* qh, const KVCache& cache, int64_t layer, int64_t kvh, int64_t hd, int64_t n_ctx,
+                 float scale, float* score, float* oh) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < n_ctx; ++t) {
+        const float* kt = cache.k[layer].data() + t * cache.kv_dim + kvh * hd;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) dot += qh[d] * kt[d];
+        score[t] = dot * scale;
+        mx = std::max(mx, score[t]);
+    }
+    float sum = 0.0f;
+    for (int64_t t = 0; t < n_ctx; ++t) {
+        score[t] = std::exp(score[t] - mx);
+        sum += score[t];
+    }
+    std::fill(oh, oh + hd, 0.0f);
+    for (int64_t t = 0; t < n_ctx; ++t) {
+        const float p = score[t] / sum;
+        const float* vt = cache.v[layer].data() + t * cache.kv_dim + kvh * hd;
+        for (int64_t d = 0; d < hd; ++d) oh[d] += p * vt[d];
     }
 }
+
+}  // namespace
 
 void Engine::card_matmul(const int8_t* q, const float* sx, int64_t B, int64_t K,
                          std::initializer_list<std::pair<int, float*>> products) {
@@ -174,7 +170,20 @@ void Engine::forward(const std::vector<ForwardRow>& rows, std::vector<float>& lo
             std::copy(K.data() + r * KVD, K.data() + (r + 1) * KVD, rows[r].cache->k_at(l, rows[r].pos));
             std::copy(V.data() + r * KVD, V.data() + (r + 1) * KVD, rows[r].cache->v_at(l, rows[r].pos));
         }
-        for (int64_t r = 0; r < R; ++r) attention(rows[r], l, Q.data() + r * QD, O.data() + r * QD);
+        // Attention, parallel over (row, head) pairs.
+        {
+            const int64_t hd = c.head_dim, group = c.n_head / c.n_head_kv;
+            const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+            pool_->parallel_for(R * c.n_head, 1, [&](int64_t begin, int64_t end) {
+                std::vector<float> score;
+                for (int64_t i = begin; i < end; ++i) {
+                    const int64_t r = i / c.n_head, h = i % c.n_head;
+                    score.resize(static_cast<size_t>(rows[r].pos + 1));
+                    attend_head(Q.data() + r * QD + h * hd, *rows[r].cache, l, h / group, hd, rows[r].pos + 1, scale,
+                                score.data(), O.data() + r * QD + h * hd);
+                }
+            });
+        }
         norm_quant(O.data(), c.sub_norms ? &L.attn_sub_norm : nullptr, QD);
         card_matmul(q8.data(), sx.data(), R, QD, {{L.slot[PROJ_O], Y.data()}});
         for (int64_t i = 0; i < R * D; ++i) x[i] += Y[i];
@@ -208,20 +217,41 @@ void Engine::forward(const std::vector<ForwardRow>& rows, std::vector<float>& lo
     if (W == 0) return;
     std::vector<float> h(static_cast<size_t>(W * D));
     for (int64_t w = 0; w < W; ++w) rmsnorm(x.data() + want[w] * D, model_.output_norm().data(), D, c.rms_eps, h.data() + w * D);
-    std::vector<float> erow(static_cast<size_t>(D));
-    for (int64_t v = 0; v < c.n_vocab; ++v) {
-        model_.output().row(v, erow.data());
+    output_head(h.data(), W, logits.data());
+}
+
+void Engine::output_head(const float* h, int64_t W, float* logits) {
+    const ModelConfig& c = model_.config();
+    const HostMatrix& out = model_.output();
+    const int64_t D = c.n_embd, V = c.n_vocab;
+    const bool f16 = out.tensor->type == TensorType::F16;
+    pool_->parallel_for(V, 512, [&](int64_t v0, int64_t v1) {
+        std::vector<float> col(static_cast<size_t>(v1 - v0));
+        std::vector<float> erow;
         for (int64_t w = 0; w < W; ++w) {
-            const float* hw = h.data() + w * D;
-            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            int64_t d = 0;
-            for (; d + 8 <= D; d += 8)
-                for (int j = 0; j < 8; ++j) acc[j] += erow[d + j] * hw[d + j];
-            float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-            for (; d < D; ++d) sum += erow[d] * hw[d];
-            logits[static_cast<size_t>(w * c.n_vocab + v)] = sum;
+            const float* hw = h + w * D;
+            if (f16) {
+                // F16 rows straight from the file (the common case: 2B-4T's tied embedding).
+                const uint16_t* rows = reinterpret_cast<const uint16_t*>(out.tensor->data) + v0 * D;
+                kernels_->dot_f16(rows, D, v1 - v0, hw, D, col.data());
+            } else {
+                // Other types: dequantize the row, then the same ordered 16-lane sum.
+                erow.resize(static_cast<size_t>(D));
+                for (int64_t v = v0; v < v1; ++v) {
+                    out.row(v, erow.data());
+                    float acc[16] = {0};
+                    for (int64_t i = 0; i < D; ++i) {
+                        const float p = erow[i] * hw[i];
+                        acc[i % 16] = acc[i % 16] + p;
+                    }
+                    for (int s = 8; s >= 1; s /= 2)
+                        for (int l = 0; l < s; ++l) acc[l] = acc[l] + acc[l + s];
+                    col[v - v0] = acc[0];
+                }
+            }
+            std::copy(col.begin(), col.end(), logits + w * V + v0);
         }
-    }
+    });
 }
 
 void validate_sampling(const SamplingParams& p) {

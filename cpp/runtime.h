@@ -15,6 +15,7 @@
 
 #include "model.h"
 #include "transport.h"
+#include "../sim/thread_pool.h"
 
 namespace bitnet {
 
@@ -58,7 +59,7 @@ struct ForwardRow {
 
 class Engine {
 public:
-    Engine(const Model& model, Transport& card);
+    Engine(const Model& model, Transport& card, ThreadPool* pool);
 
     // Runs the rows through the model. Writes logits of the rows with want_logits, in row
     // order, into `logits` ([n_want, n_vocab]). Updates each cache's n_pos. Throws
@@ -69,12 +70,15 @@ public:
 
 private:
     void rope(float* vec, int64_t n_heads, int64_t pos) const;
-    void attention(const ForwardRow& row, int64_t layer, const float* q, float* out) const;
     void card_matmul(const int8_t* q, const float* sx, int64_t B, int64_t K,
                      std::initializer_list<std::pair<int, float*>> products);
 
+    void output_head(const float* h, int64_t W, float* logits);
+
     const Model& model_;
     Transport& card_;
+    ThreadPool* pool_;
+    const sim::KernelTable* kernels_;   // host-side float kernels (output head)
     std::vector<float> inv_freq_;   // [rope_dim / 2]
 };
 

@@ -8,7 +8,7 @@ namespace {
 
 class SimTransport final : public Transport {
 public:
-    explicit SimTransport(const sim::BoardProfile& p) : card_(p) {}
+    SimTransport(const sim::BoardProfile& p, ThreadPool* pool) : card_(p, pool) {}
     std::string name() const override { return "sim"; }
     std::string kernel_name() const override { return card_.kernel_name(); }
     sim::BoardProfile profile() const override { return card_.profile(); }
@@ -32,8 +32,8 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Transport> make_sim_transport(const sim::BoardProfile& profile) {
-    return std::make_unique<SimTransport>(profile);
+std::unique_ptr<Transport> make_sim_transport(const sim::BoardProfile& profile, ThreadPool* pool) {
+    return std::make_unique<SimTransport>(profile, pool);
 }
 
 }  // namespace bitnet

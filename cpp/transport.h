@@ -44,6 +44,6 @@ public:
 };
 
 // The in-process simulator transport.
-std::unique_ptr<Transport> make_sim_transport(const sim::BoardProfile& profile);
+std::unique_ptr<Transport> make_sim_transport(const sim::BoardProfile& profile, ThreadPool* pool);
 
 }  // namespace bitnet

@@ -66,7 +66,9 @@ uint64_t matmul_compute_cycles(const BoardProfile& p, int64_t B, int64_t N, int6
     return std::max(mac_cycles, stream_cycles) + p.pipeline_cycles;
 }
 
-SimCard::SimCard(const BoardProfile& profile) : profile_(profile), kernels_(&select_kernels()) {
+SimCard::SimCard(const BoardProfile& profile, ThreadPool* pool, const KernelTable* kernels)
+    : profile_(profile), pool_(pool), kernels_(kernels ? kernels : &select_kernels()) {
+    if (!pool_) throw Error(ErrorCode::INVALID, "SimCard needs a thread pool");
     if (!(profile_.clock_mhz > 0) || profile_.lanes <= 0 || profile_.lane_width <= 0 || !(profile_.ddr_gbps > 0) ||
         !(profile_.dma_gbps > 0)) {
         throw Error(ErrorCode::INVALID, "board profile '" + profile_.name +
@@ -141,7 +143,6 @@ void SimCard::load_slot(int slot, const int8_t* t, int64_t n, int64_t k, float s
         }
         TernarySlot s;
         pack_slot(t, n, k, scale, s);
-        if (kernels_->prepare) kernels_->prepare(s);
         {
             std::lock_guard<std::mutex> lock(slots_mutex_);
             auto it = slots_.find(slot);
@@ -240,33 +241,76 @@ void SimCard::run(const MatmulCommand& cmd) {
 }
 
 void SimCard::run_on_worker(const MatmulCommand& cmd) {
-    const int64_t B = cmd.B, K = cmd.K;
+    const int64_t B = cmd.B, K = cmd.K, kpad = slot_k_padded(K);
+    // The activation DMA lands in the engine's input buffer: rows zero-padded to whole
+    // 64-element groups, with their sums (the engine multiplies codes c = t + 1).
+    act_.assign(static_cast<size_t>(B * kpad), 0);
+    qsum_.resize(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) {
+        const int8_t* src = cmd.q + b * K;
+        std::copy(src, src + K, act_.data() + b * kpad);
+        int32_t sum = 0;
+        for (int64_t i = 0; i < K; ++i) sum += src[i];
+        qsum_[b] = sum;
+    }
+    ActBatch act;
+    act.q = act_.data();
+    act.B = B;
+    act.K = K;
+    act.ldq = kpad;
+    act.qsum = qsum_.data();
+
+    std::vector<const TernarySlot*> slots;
+    std::vector<int64_t> offset;   // where each product's accumulators start in acc_
+    int64_t total = 0;
+    {
+        std::lock_guard<std::mutex> lock(slots_mutex_);
+        for (const MatmulOp& op : cmd.ops) {
+            slots.push_back(&slots_.at(op.slot));   // slots only change on this worker thread
+            offset.push_back(total);
+            total += B * slots.back()->n;
+        }
+    }
+    acc_.resize(static_cast<size_t>(total));
+    // Work items: (product, block of output rows). Blocks of 64 rows keep a thread on one
+    // stretch of weight memory.
+    struct Item {
+        size_t op;
+        int64_t j0, j1;
+    };
+    std::vector<Item> items;
+    const int64_t rows_per_item = 64;
+    for (size_t o = 0; o < slots.size(); ++o)
+        for (int64_t j = 0; j < slots[o]->n; j += rows_per_item)
+            items.push_back({o, j, std::min(slots[o]->n, j + rows_per_item)});
+    pool_->parallel_for(static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const Item& it = items[static_cast<size_t>(i)];
+            const TernarySlot& slot = *slots[it.op];
+            int32_t* acc = acc_.data() + offset[it.op];
+            kernels_->gemm(slot, act, acc, slot.n, it.j0, it.j1);
+            // The engine's output stage: y = (acc / s_x) * beta in fp32.
+            float* y = cmd.ops[it.op].y;
+            const float beta = slot.scale;
+            for (int64_t b = 0; b < B; ++b) {
+                const float sx = cmd.sx[b];
+                for (int64_t j = it.j0; j < it.j1; ++j)
+                    y[b * slot.n + j] = (static_cast<float>(acc[b * slot.n + j]) / sx) * beta;
+            }
+        }
+    });
+
     uint64_t dma = dma_cycles_for(profile_, static_cast<uint64_t>(B * K + 4 * B));
     uint64_t dma_bytes = static_cast<uint64_t>(B * K + 4 * B);
     uint64_t compute = 0, macs = 0, wbytes = 0;
-    std::vector<int32_t> acc;
-    for (const MatmulOp& op : cmd.ops) {
-        const TernarySlot* slot;
-        {
-            std::lock_guard<std::mutex> lock(slots_mutex_);
-            slot = &slots_.at(op.slot);   // slots only change on this worker thread
-        }
-        const int64_t N = slot->n;
-        acc.resize(static_cast<size_t>(B * N));
-        kernels_->gemm(*slot, cmd.q, B, acc.data(), N, 0, N);
-        const float beta = slot->scale;
-        for (int64_t b = 0; b < B; ++b) {
-            const float sx = cmd.sx[b];
-            const int32_t* a = acc.data() + b * N;
-            float* y = op.y + b * N;
-            for (int64_t j = 0; j < N; ++j) y[j] = (static_cast<float>(a[j]) / sx) * beta;
-        }
-        if (op.acc) std::copy(acc.begin(), acc.end(), op.acc);
+    for (size_t o = 0; o < slots.size(); ++o) {
+        const int64_t N = slots[o]->n;
+        if (cmd.ops[o].acc) std::copy(acc_.data() + offset[o], acc_.data() + offset[o] + B * N, cmd.ops[o].acc);
         compute += matmul_compute_cycles(profile_, B, N, K);
         dma += dma_cycles_for(profile_, static_cast<uint64_t>(B * N * 4));
         dma_bytes += static_cast<uint64_t>(B * N * 4);
         macs += static_cast<uint64_t>(B * N * K);
-        wbytes += slot->packed.size();
+        wbytes += slots[o]->packed.size();
     }
     std::lock_guard<std::mutex> lock(counters_mutex_);
     counters_.dma_cycles += dma;

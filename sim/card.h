@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "thread_pool.h"
 
 namespace bitnet {
 namespace sim {
@@ -91,7 +92,9 @@ struct SlotInfo {
 
 class SimCard {
 public:
-    explicit SimCard(const BoardProfile& profile);
+    // `pool` runs the engine's work (it models the card's parallel MAC lanes); it must
+    // outlive the card. `kernels` null means select_kernels().
+    SimCard(const BoardProfile& profile, ThreadPool* pool, const KernelTable* kernels = nullptr);
     ~SimCard();
     SimCard(const SimCard&) = delete;
     SimCard& operator=(const SimCard&) = delete;
@@ -126,7 +129,11 @@ private:
     void run_on_worker(const MatmulCommand& cmd);
 
     BoardProfile profile_;
+    ThreadPool* pool_;
     const KernelTable* kernels_;
+    std::vector<int8_t> act_;        // padded activations of the running command (worker only)
+    std::vector<int32_t> qsum_;
+    std::vector<int32_t> acc_;
 
     mutable std::mutex slots_mutex_;
     std::map<int, TernarySlot> slots_;

@@ -111,19 +111,24 @@ class BitNet:
     profile : str
         Board profile of the simulator's cycle model (``"vibee-zcu104"``, ``"vibee-vcu118"``,
         ``"kv260"``).
+    n_threads : int, optional
+        Host threads for the simulator's engine and the host side of the model. ``None``
+        means ``$BITNET_NUM_THREADS``, else every CPU.
 
     The object is a context manager; :meth:`close` is idempotent and any call after it
     raises :class:`BitNetError` (code ``CLOSED``).
     """
 
-    def __init__(self, device: Optional[str] = None, *, profile: str = "vibee-zcu104") -> None:
+    def __init__(self, device: Optional[str] = None, *, profile: str = "vibee-zcu104",
+                 n_threads: Optional[int] = None) -> None:
         if device is None:
             device = default_device()
         if not isinstance(device, str):
             raise TypeError(f"device must be a string such as 'sim' or '/dev/bitnet0', not {type(device).__name__}")
         if not isinstance(profile, str):
             raise TypeError(f"profile must be a string, not {type(profile).__name__}")
-        self._dev = _core.Device(device, profile)
+        threads = 0 if n_threads is None else check_count(n_threads, "n_threads", 1, 1024)
+        self._dev = _core.Device(device, profile, threads)
         self._device_name = device
         self._job: Optional[Any] = None
         self._stop_default: list = []

@@ -1,14 +1,17 @@
 // kernels.h: ternary x int8 matrix kernels of the card simulator.
 //
-// The card's weight memory holds each matrix in the canonical slot layout below. A kernel
-// may keep a private repacked copy (prepared once at load) for speed, but it must produce
-// exactly the integer results of the scalar reference (ref.cpp), which is the specification.
+// The card's weight memory holds each matrix in the slot layout below, which every kernel
+// reads directly (no private copies: the card has one weight memory). The scalar reference
+// (ref.cpp) is the specification; every SIMD kernel must produce exactly its int32 results.
 //
-// Canonical slot layout (also docs/DEVICE_ABI.md):
-//   an N x K matrix (N output rows, K inputs), row-major; each row is ceil(K/4) bytes of
-//   2-bit codes c = t + 1 in {0, 1, 2} (3 is never stored), element k of a row in byte k/4 at
-//   bits 2*(k%4)+1 : 2*(k%4) (low bits first), padded with code 1 (t = 0) up to row_bytes,
-//   which is ceil(K/4) rounded up to a multiple of 32 bytes.
+// Slot layout (docs/DEVICE_ABI.md "Weight slot layout"):
+//   an N x K matrix (N output rows, K inputs) is stored row after row; each row is padded to
+//   kpad = ceil(K / 64) * 64 elements and cut into groups of 64 elements; a group is 16 bytes,
+//   and byte m (0..15) of group g holds the 2-bit codes c = t + 1 of elements
+//   64g + m, 64g + m + 16, 64g + m + 32, 64g + m + 48 at bits 1:0, 3:2, 5:4, 7:6.
+//   Padding elements hold code 1 (t = 0). A row is kpad / 4 bytes.
+// The layout lets a SIMD kernel expand 16 bytes into 64 codes with one broadcast, one
+// variable shift and one mask, with activations in their natural order.
 #pragma once
 
 #include <cstddef>
@@ -20,9 +23,10 @@
 namespace bitnet {
 namespace sim {
 
-constexpr int64_t kRowAlign = 32;
+constexpr int64_t kGroup = 64;   // elements per 16-byte group
 
-inline int64_t slot_row_bytes(int64_t k) { return ((k + 3) / 4 + kRowAlign - 1) / kRowAlign * kRowAlign; }
+inline int64_t slot_k_padded(int64_t k) { return (k + kGroup - 1) / kGroup * kGroup; }
+inline int64_t slot_row_bytes(int64_t k) { return slot_k_padded(k) / 4; }
 
 // One weight slot: a packed ternary matrix and its scale beta (W = t * beta).
 struct TernarySlot {
@@ -30,35 +34,56 @@ struct TernarySlot {
     int64_t k = 0;                  // inputs per row
     int64_t row_bytes = 0;          // slot_row_bytes(k)
     float scale = 0.0f;             // beta
-    std::vector<uint8_t> packed;    // n * row_bytes bytes, canonical layout
-    std::shared_ptr<void> repacked; // kernel-private layout (owned by the kernel that made it)
-    std::string repacked_by;        // name of that kernel
+    std::vector<uint8_t> packed;    // n * row_bytes bytes, slot layout
 
-    int8_t get(int64_t row, int64_t col) const {
-        const uint8_t byte = packed[static_cast<size_t>(row * row_bytes + col / 4)];
-        return static_cast<int8_t>(((byte >> (2 * (col % 4))) & 3) - 1);
+    // Code c = t + 1 of element (row, col).
+    int get_code(int64_t row, int64_t col) const {
+        const int64_t g = col / kGroup, e = col % kGroup;
+        const uint8_t byte = packed[static_cast<size_t>(row * row_bytes + g * 16 + e % 16)];
+        return (byte >> (2 * (e / 16))) & 3;
     }
+    int8_t get(int64_t row, int64_t col) const { return static_cast<int8_t>(get_code(row, col) - 1); }
 };
 
 // Pack t (N x K, row-major, values in {-1,0,1}) into a slot.
 void pack_slot(const int8_t* t, int64_t n, int64_t k, float scale, TernarySlot& slot);
 
-// A kernel implementation. All functions compute, for rows j in [j0, j1) of the slot and
-// every activation row b in [0, B):
-//     acc[b * ldacc + j] = sum_{i<K} q[b * K + i] * t[j, i]      (exact int32)
+// A batch of activation rows as the engine receives them: B rows of K int8 values, row b at
+// q + b * ldq, each zero-padded up to slot_k_padded(K) (ldq >= that), and each row's sum
+// qsum[b] = sum_k q[b][k] (the SIMD kernels multiply codes c = t + 1 and subtract it).
+struct ActBatch {
+    const int8_t* q = nullptr;
+    int64_t B = 0;
+    int64_t K = 0;
+    int64_t ldq = 0;
+    const int32_t* qsum = nullptr;
+};
+
+// A kernel computes, for rows j in [j0, j1) of the slot and every activation row b:
+//     acc[b * ldacc + j] = sum_{k<K} q[b][k] * t[j][k]      (exact int32)
 struct KernelTable {
     const char* name;
-    // Build the kernel's private layout from the canonical one (may be null: uses canonical).
-    void (*prepare)(TernarySlot& slot);
-    void (*gemm)(const TernarySlot& slot, const int8_t* q, int64_t B, int32_t* acc, int64_t ldacc,
-                 int64_t j0, int64_t j1);
+    void (*gemm)(const TernarySlot& slot, const ActBatch& act, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1);
+    // Host-side helper the runtime uses for the output head: dot products of fp16 rows with
+    // an fp32 vector. out[r] = sum_i fp16(rows[r * ld + i]) * x[i] for r in [0, n_rows).
+    void (*dot_f16)(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
 };
 
 const KernelTable& ref_kernels();
-// The kernel table for this process: $BITNET_KERNEL (ref|avx2|avx512|neon) if set and
+#if defined(__x86_64__) || defined(_M_X64)
+const KernelTable& avx2_kernels();     // avx2.cpp (compiled with -mavx2 -mfma -mf16c)
+const KernelTable& avx512_kernels();   // avx512.cpp (AVX-512 F/BW/VL/VNNI)
+#endif
+#if defined(__aarch64__)
+const KernelTable& neon_kernels();     // neon.cpp
+#endif
+
+// The kernel table for this process: $BITNET_KERNEL (ref|avx2|avx512|neon|auto) if set and
 // supported by the CPU, else the best one the CPU supports. Throws Error(INVALID) for an
 // unknown or unsupported $BITNET_KERNEL.
 const KernelTable& select_kernels();
+// Looks a kernel up by name; throws Error(INVALID) if this CPU/build cannot run it.
+const KernelTable& kernels_by_name(const std::string& name);
 // Names of the kernels this CPU can run, best last.
 std::vector<std::string> available_kernels();
 

@@ -1,6 +1,6 @@
-// ref.cpp: the scalar reference kernel (the specification every SIMD kernel must match
-// bit for bit). Readable first: unpack one row of codes, then a plain int32 dot product
-// against each activation row.
+// ref.cpp: the scalar reference kernel, the specification every SIMD kernel must match bit
+// for bit. Readable first: decode one row of codes to t in {-1,0,1}, then a plain int32 dot
+// product against each activation row.
 #include <vector>
 
 #include "kernels.h"
@@ -13,34 +13,30 @@ void pack_slot(const int8_t* t, int64_t n, int64_t k, float scale, TernarySlot& 
     slot.k = k;
     slot.row_bytes = slot_row_bytes(k);
     slot.scale = scale;
-    slot.repacked.reset();
-    slot.repacked_by.clear();
     // Padding codes are 1 (t = 0): every pad byte is 0b01010101.
     slot.packed.assign(static_cast<size_t>(n * slot.row_bytes), 0x55);
     for (int64_t r = 0; r < n; ++r) {
         uint8_t* row = slot.packed.data() + r * slot.row_bytes;
         const int8_t* src = t + r * k;
         for (int64_t c = 0; c < k; ++c) {
-            const int shift = 2 * static_cast<int>(c % 4);
+            const int64_t g = c / kGroup, e = c % kGroup;
+            uint8_t& byte = row[g * 16 + e % 16];
+            const int shift = 2 * static_cast<int>(e / 16);
             const uint8_t code = static_cast<uint8_t>(src[c] + 1);
-            row[c / 4] = static_cast<uint8_t>((row[c / 4] & ~(3u << shift)) | (code << shift));
+            byte = static_cast<uint8_t>((byte & ~(3u << shift)) | (code << shift));
         }
     }
 }
 
 namespace {
 
-void ref_gemm(const TernarySlot& slot, const int8_t* q, int64_t B, int32_t* acc, int64_t ldacc,
-              int64_t j0, int64_t j1) {
+void ref_gemm(const TernarySlot& slot, const ActBatch& act, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
     const int64_t K = slot.k;
     std::vector<int8_t> row(static_cast<size_t>(K));
     for (int64_t j = j0; j < j1; ++j) {
-        const uint8_t* packed = slot.packed.data() + j * slot.row_bytes;
-        for (int64_t i = 0; i < K; ++i) {
-            row[i] = static_cast<int8_t>(((packed[i / 4] >> (2 * (i % 4))) & 3) - 1);
-        }
-        for (int64_t b = 0; b < B; ++b) {
-            const int8_t* x = q + b * K;
+        for (int64_t i = 0; i < K; ++i) row[i] = slot.get(j, i);
+        for (int64_t b = 0; b < act.B; ++b) {
+            const int8_t* x = act.q + b * act.ldq;
             int32_t sum = 0;
             for (int64_t i = 0; i < K; ++i) sum += static_cast<int32_t>(x[i]) * row[i];
             acc[b * ldacc + j] = sum;
@@ -48,10 +44,53 @@ void ref_gemm(const TernarySlot& slot, const int8_t* q, int64_t B, int32_t* acc,
     }
 }
 
+float fp16_bits_to_float(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else {   // subnormal: normalise
+            exp = 127 - 15 + 1;
+            while (!(mant & 0x400)) {
+                mant <<= 1;
+                --exp;
+            }
+            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    static_assert(sizeof f == sizeof bits, "");
+    __builtin_memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+void ref_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+    // The summation order is part of the contract (docs/NUMERICS.md "Output head") so that
+    // every kernel gives bit-identical logits: 16 interleaved partial sums (lane l takes the
+    // elements i = l mod 16, in order; multiply and add rounded separately, no FMA), then a
+    // fixed tree: lanes l + 8, then l + 4, l + 2, l + 1.
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const uint16_t* e = rows + r * ld;
+        float acc[16] = {0};
+        for (int64_t i = 0; i < n; ++i) {
+            const float p = fp16_bits_to_float(e[i]) * x[i];
+            acc[i % 16] = acc[i % 16] + p;
+        }
+        for (int w = 8; w >= 1; w /= 2)
+            for (int l = 0; l < w; ++l) acc[l] = acc[l] + acc[l + w];
+        out[r] = acc[0];
+    }
+}
+
 }  // namespace
 
 const KernelTable& ref_kernels() {
-    static const KernelTable table{"ref", nullptr, ref_gemm};
+    static const KernelTable table{"ref", ref_gemm, ref_dot_f16};
     return table;
 }
 

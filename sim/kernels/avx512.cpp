@@ -1,0 +1,163 @@
+// avx512.cpp: AVX-512 VNNI kernels (compiled with -mavx512f -mavx512bw -mavx512vl
+// -mavx512vnni; called only after dispatch.cpp checked the CPU).
+//
+// GEMM: codes c = t + 1 (0..2) are the unsigned operand of VPDPBUSD and activations the
+// signed one, so acc = sum(c * q) - sum(q). One 16-byte group of the slot layout expands to
+// 64 codes in natural element order with a broadcast, a per-lane 64-bit shift (0, 2, 4, 6)
+// and a mask. Small batches expand codes on the fly; batches of 8 or more first expand a
+// block of rows into an L1-resident buffer and reuse it for every activation row.
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <new>
+
+#include "kernels.h"
+
+namespace bitnet {
+namespace sim {
+namespace {
+
+inline __m512i expand_group(const uint8_t* p, __m512i shifts, __m512i mask3) {
+    const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_and_si512(_mm512_srlv_epi64(b, shifts), mask3);
+}
+
+// Direct micro-kernel: RB rows x TB activation rows, codes expanded per group.
+template <int RB, int TB>
+void tile_direct(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t* acc, int64_t ldacc) {
+    const __m512i shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
+    const __m512i mask3 = _mm512_set1_epi8(3);
+    const int64_t G = s.row_bytes / 16;
+    __m512i sum[RB][TB];
+    for (int r = 0; r < RB; ++r)
+        for (int t = 0; t < TB; ++t) sum[r][t] = _mm512_setzero_si512();
+    const uint8_t* w0 = s.packed.data() + j * s.row_bytes;
+    for (int64_t g = 0; g < G; ++g) {
+        __m512i w[RB];
+        for (int r = 0; r < RB; ++r) w[r] = expand_group(w0 + r * s.row_bytes + g * 16, shifts, mask3);
+        for (int t = 0; t < TB; ++t) {
+            const __m512i q = _mm512_loadu_si512(a.q + (b + t) * a.ldq + g * 64);
+            for (int r = 0; r < RB; ++r) sum[r][t] = _mm512_dpbusd_epi32(sum[r][t], w[r], q);
+        }
+    }
+    for (int r = 0; r < RB; ++r)
+        for (int t = 0; t < TB; ++t) acc[(b + t) * ldacc + j + r] = _mm512_reduce_add_epi32(sum[r][t]) - a.qsum[b + t];
+}
+
+// Buffered micro-kernel: codes already expanded to bytes (rows of kpad bytes).
+template <int RB, int TB>
+void tile_buffered(const uint8_t* codes, int64_t kpad, const ActBatch& a, int64_t j, int64_t b, int32_t* acc,
+                   int64_t ldacc) {
+    const int64_t G = kpad / 64;
+    __m512i sum[RB][TB];
+    for (int r = 0; r < RB; ++r)
+        for (int t = 0; t < TB; ++t) sum[r][t] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < G; ++g) {
+        __m512i w[RB];
+        for (int r = 0; r < RB; ++r) w[r] = _mm512_loadu_si512(codes + r * kpad + g * 64);
+        for (int t = 0; t < TB; ++t) {
+            const __m512i q = _mm512_loadu_si512(a.q + (b + t) * a.ldq + g * 64);
+            for (int r = 0; r < RB; ++r) sum[r][t] = _mm512_dpbusd_epi32(sum[r][t], w[r], q);
+        }
+    }
+    for (int r = 0; r < RB; ++r)
+        for (int t = 0; t < TB; ++t) acc[(b + t) * ldacc + j + r] = _mm512_reduce_add_epi32(sum[r][t]) - a.qsum[b + t];
+}
+
+template <int RB>
+void rows_direct(const TernarySlot& s, const ActBatch& a, int64_t j, int32_t* acc, int64_t ldacc) {
+    int64_t b = 0;
+    for (; b + 4 <= a.B; b += 4) tile_direct<RB, 4>(s, a, j, b, acc, ldacc);
+    for (; b < a.B; ++b) tile_direct<RB, 1>(s, a, j, b, acc, ldacc);
+}
+
+template <int RB>
+void rows_buffered(const uint8_t* codes, int64_t kpad, const ActBatch& a, int64_t j, int32_t* acc, int64_t ldacc) {
+    int64_t b = 0;
+    for (; b + 6 <= a.B; b += 6) tile_buffered<RB, 6>(codes, kpad, a, j, b, acc, ldacc);
+    for (; b + 2 <= a.B; b += 2) tile_buffered<RB, 2>(codes, kpad, a, j, b, acc, ldacc);
+    for (; b < a.B; ++b) tile_buffered<RB, 1>(codes, kpad, a, j, b, acc, ldacc);
+}
+
+void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
+    if (a.B < 8) {
+        int64_t j = j0;
+        for (; j + 4 <= j1; j += 4) rows_direct<4>(s, a, j, acc, ldacc);
+        for (; j < j1; ++j) rows_direct<1>(s, a, j, acc, ldacc);
+        return;
+    }
+    // Expand 4 rows at a time into a thread-local buffer, then sweep every activation row.
+    // (A raw buffer: no standard-library templates are instantiated in this ISA file, so no
+    // AVX-512 copy of one can be picked by the linker for code that runs elsewhere.)
+    const int64_t kpad = s.row_bytes * 4;
+    struct Buffer {
+        uint8_t* p = nullptr;
+        size_t n = 0;
+        ~Buffer() { std::free(p); }
+    };
+    thread_local Buffer tbuf;
+    if (tbuf.n < static_cast<size_t>(4 * kpad)) {
+        std::free(tbuf.p);
+        tbuf.n = static_cast<size_t>(4 * kpad);
+        tbuf.p = static_cast<uint8_t*>(std::malloc(tbuf.n));
+        if (!tbuf.p) {
+            tbuf.n = 0;
+            throw std::bad_alloc();
+        }
+    }
+    struct {
+        uint8_t* data() { return tbuf.p; }
+    } buf;
+    const __m512i shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
+    const __m512i mask3 = _mm512_set1_epi8(3);
+    int64_t j = j0;
+    for (; j < j1; j += 4) {
+        const int rows = static_cast<int>(j1 - j < 4 ? j1 - j : 4);
+        for (int r = 0; r < rows; ++r) {
+            const uint8_t* src = s.packed.data() + (j + r) * s.row_bytes;
+            for (int64_t g = 0; g < kpad / 64; ++g)
+                _mm512_storeu_si512(buf.data() + r * kpad + g * 64, expand_group(src + g * 16, shifts, mask3));
+        }
+        if (rows == 4) {
+            rows_buffered<4>(buf.data(), kpad, a, j, acc, ldacc);
+        } else {
+            for (int r = 0; r < rows; ++r) rows_buffered<1>(buf.data() + r * kpad, kpad, a, j + r, acc, ldacc);
+        }
+    }
+}
+
+// Output-head dot products in the contract's order: 16 lanes (lane l = elements l mod 16),
+// separate multiply and add, then the tree l+8, l+4, l+2, l+1.
+void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const uint16_t* e = rows + r * ld;
+        __m512 acc = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            const __m512 ev = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + i)));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(ev, _mm512_loadu_ps(x + i)));
+        }
+        if (i < n) {
+            const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+            const __m512 ev = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, e + i));
+            acc = _mm512_mask_add_ps(acc, m, acc, _mm512_mul_ps(ev, _mm512_maskz_loadu_ps(m, x + i)));
+        }
+        const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+        const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+        const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        out[r] = _mm_cvtss_f32(s1);
+    }
+}
+
+}  // namespace
+
+const KernelTable& avx512_kernels() {
+    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16};
+    return table;
+}
+
+}  // namespace sim
+}  // namespace bitnet
+#endif

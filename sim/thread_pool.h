@@ -1,0 +1,57 @@
+// thread_pool.h: a persistent pool of worker threads (created once, reused by every call).
+//
+// parallel_for(n, fn) runs fn(begin, end) over [0, n) cut into chunks; the calling thread
+// works too, and the call returns when every chunk is done. Calls are serialised (one
+// parallel_for at a time per pool); a pool of size 1 runs everything on the caller.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace bitnet {
+
+class ThreadPool {
+public:
+    explicit ThreadPool(int n_threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return n_threads_; }
+
+    // Runs fn(begin, end) on chunks of [0, n) of at most `grain` items (>= 1), spread over
+    // the pool. The first exception thrown by fn is rethrown on the caller after all chunks
+    // have finished or been skipped.
+    void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+    // Default thread count: $BITNET_NUM_THREADS, else the number of online CPUs.
+    static int default_threads();
+
+private:
+    void worker_loop();
+    void run_chunks();
+
+    int n_threads_;
+    std::vector<std::thread> workers_;
+    std::mutex call_mutex_;   // one parallel_for at a time
+
+    std::mutex mu_;
+    std::condition_variable start_cv_, done_cv_;
+    std::atomic<uint64_t> generation_{0};
+    bool stopping_ = false;
+    int busy_workers_ = 0;
+
+    // The current call.
+    const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+    int64_t n_ = 0, grain_ = 1;
+    std::atomic<int64_t> next_{0};
+    std::exception_ptr error_;
+    std::mutex error_mu_;
+};
+
+}  // namespace bitnet

@@ -1,0 +1,78 @@
+"""Every SIMD kernel against the scalar reference, bit for bit, on random and edge shapes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitnet import _core
+
+KERNELS = [k for k in _core.available_kernels() if k != "ref"]
+
+SHAPES = [(1, 1, 1), (1, 63, 1), (5, 64, 1), (7, 65, 2), (4, 127, 3), (9, 128, 5), (16, 200, 8), (3, 257, 13),
+          (33, 640, 1), (12, 1000, 64), (64, 2560, 2), (20, 384, 17), (4, 6912, 1)]
+
+
+def _random(shape, seed, kind="random"):
+    n, k, b = shape
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        t = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+        q = rng.integers(-128, 128, size=(b, k)).astype(np.int8)
+    elif kind == "extreme":     # largest magnitudes: all +1 / all -1 against -128 / 127
+        t = np.where(rng.random((n, k)) < 0.5, 1, -1).astype(np.int8)
+        q = np.where(rng.random((b, k)) < 0.5, -128, 127).astype(np.int8)
+    else:                       # sparse weights, mostly-zero activations
+        t = (rng.random((n, k)) < 0.05).astype(np.int8) * rng.choice([-1, 1], size=(n, k)).astype(np.int8)
+        q = (rng.random((b, k)) < 0.1).astype(np.int8) * rng.integers(-128, 128, size=(b, k)).astype(np.int8)
+    return t, q
+
+
+def test_kernels_available():
+    assert "ref" in _core.available_kernels()
+
+
+@pytest.mark.parametrize("kind", ["random", "extreme", "sparse"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_is_exact_integer_matmul(shape, kind):
+    t, q = _random(shape, 1, kind)
+    ref = _core._kernel_gemm("ref", t, q, 0, t.shape[0])
+    assert np.array_equal(ref, q.astype(np.int64) @ t.T.astype(np.int64))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kind", ["random", "extreme", "sparse"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernel_matches_reference(kernel, shape, kind):
+    t, q = _random(shape, sum(shape), kind)
+    ref = _core._kernel_gemm("ref", t, q, 0, t.shape[0])
+    got = _core._kernel_gemm(kernel, t, q, 0, t.shape[0])
+    assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("batch", list(range(1, 17)) + [31, 64])
+def test_kernel_batch_sizes_and_row_ranges(kernel, batch):
+    t, q = _random((23, 321, batch), batch)
+    ref = _core._kernel_gemm("ref", t, q, 0, 23)
+    for j0, j1 in [(0, 23), (5, 6), (3, 21), (20, 23)]:
+        got = _core._kernel_gemm(kernel, t, q, j0, j1)
+        assert np.array_equal(got[:, j0:j1], ref[:, j0:j1])
+        assert not got[:, :j0].any() and not got[:, j1:].any()   # rows outside the range untouched
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 64, 100, 2560, 2561])
+def test_dot_f16_bit_identical(kernel, n):
+    rng = np.random.default_rng(n)
+    rows = rng.standard_normal((9, n)).astype(np.float16)
+    rows[0, : min(n, 3)] = [np.float16(6e-8), np.float16(-0.0), np.float16(65504)][: min(n, 3)]
+    x = rng.standard_normal(n).astype(np.float32)
+    ref = _core._kernel_dot_f16("ref", rows.view(np.uint16), x)
+    got = _core._kernel_dot_f16(kernel, rows.view(np.uint16), x)
+    assert np.array_equal(ref.view(np.uint32), got.view(np.uint32))
+    assert np.allclose(ref, rows.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
+
+
+def test_unknown_kernel_rejected():
+    with pytest.raises(ValueError, match="kernel 'nope'"):
+        _core._kernel_gemm("nope", np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), 0, 1)
