@@ -33,7 +33,15 @@ void tile_direct(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
     for (int r = 0; r < RB; ++r)
         for (int t = 0; t < TB; ++t) sum[r][t] = _mm512_setzero_si512();
     const uint8_t* w0 = s.packed.data() + j * s.row_bytes;
+    // The RB rows are contiguous; prefetch the rows four tiles ahead, one line per step, so the
+    // weight stream from memory keeps flowing while this tile computes.
+    const uint8_t* pf = w0 + 4 * RB * s.row_bytes;
+    const uint8_t* pf_end = s.packed.data() + s.packed.size();
     for (int64_t g = 0; g < G; ++g) {
+        for (int r = 0; r < RB; ++r) {
+            const uint8_t* line = pf + (g * RB + r) * 16;
+            if (line < pf_end) _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+        }
         __m512i w[RB];
         for (int r = 0; r < RB; ++r) w[r] = expand_group(w0 + r * s.row_bytes + g * 16, shifts, mask3);
         for (int t = 0; t < TB; ++t) {
@@ -81,6 +89,13 @@ void rows_buffered(const uint8_t* codes, int64_t kpad, const ActBatch& a, int64_
 }
 
 void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
+    if (a.B == 1) {
+        // GEMV (decode): 8 rows at a time keep more of the weight stream in flight.
+        int64_t j = j0;
+        for (; j + 8 <= j1; j += 8) tile_direct<8, 1>(s, a, j, 0, acc, ldacc);
+        for (; j < j1; ++j) tile_direct<1, 1>(s, a, j, 0, acc, ldacc);
+        return;
+    }
     if (a.B < 8) {
         int64_t j = j0;
         for (; j + 4 <= j1; j += 4) rows_direct<4>(s, a, j, acc, ldacc);
@@ -128,27 +143,43 @@ void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t 
 }
 
 // Output-head dot products in the contract's order: 16 lanes (lane l = elements l mod 16),
-// separate multiply and add, then the tree l+8, l+4, l+2, l+1.
-void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
-    for (int64_t r = 0; r < n_rows; ++r) {
-        const uint16_t* e = rows + r * ld;
-        __m512 acc = _mm512_setzero_ps();
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-            const __m512 ev = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + i)));
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(ev, _mm512_loadu_ps(x + i)));
+// separate multiply and add, then the tree l+8, l+4, l+2, l+1. Each lane's sum is one
+// dependency chain, so RB rows run side by side to keep the adders busy.
+inline float reduce16(__m512 acc) {
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    return _mm_cvtss_f32(s1);
+}
+
+template <int RB>
+void dot_rows(const uint16_t* e, int64_t ld, const float* x, int64_t n, float* out) {
+    __m512 acc[RB];
+    for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i);
+        for (int r = 0; r < RB; ++r) {
+            const __m512 ev = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + r * ld + i)));
+            acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(ev, xv));
         }
-        if (i < n) {
-            const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-            const __m512 ev = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, e + i));
-            acc = _mm512_mask_add_ps(acc, m, acc, _mm512_mul_ps(ev, _mm512_maskz_loadu_ps(m, x + i)));
-        }
-        const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
-        const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-        const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        out[r] = _mm_cvtss_f32(s1);
     }
+    if (i < n) {
+        const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        for (int r = 0; r < RB; ++r) {
+            const __m512 ev = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, e + r * ld + i));
+            acc[r] = _mm512_mask_add_ps(acc[r], m, acc[r], _mm512_mul_ps(ev, xv));
+        }
+    }
+    for (int r = 0; r < RB; ++r) out[r] = reduce16(acc[r]);
+}
+
+void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+    int64_t r = 0;
+    for (; r + 4 <= n_rows; r += 4) dot_rows<4>(rows + r * ld, ld, x, n, out + r);
+    for (; r < n_rows; ++r) dot_rows<1>(rows + r * ld, ld, x, n, out + r);
 }
 
 }  // namespace
