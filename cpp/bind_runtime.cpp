@@ -247,6 +247,17 @@ void bind_runtime(py::module_& m) {
               return out;
           },
           py::arg("kernel"), py::arg("rows"), py::arg("x"));
+    m.def("_kernel_dot_f32",
+          [](const std::string& name, const py::array_t<float, py::array::c_style | py::array::forcecast>& rows,
+             const py::array_t<float, py::array::c_style | py::array::forcecast>& x) {
+              const sim::KernelTable& k = sim::kernels_by_name(name);
+              if (rows.ndim() != 2 || x.ndim() != 1 || rows.shape(1) != x.shape(0))
+                  throw Error(ErrorCode::INVALID, "rows must be [R, n] and x [n]");
+              py::array_t<float> out(rows.shape(0));
+              k.dot_f32(rows.data(), rows.shape(1), rows.shape(0), x.data(), x.shape(0), out.mutable_data());
+              return out;
+          },
+          py::arg("kernel"), py::arg("rows"), py::arg("x"));
     m.def("board_profiles", &sim::board_profile_names);
     m.def("available_kernels", &sim::available_kernels);
 }

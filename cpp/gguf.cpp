@@ -543,6 +543,14 @@ GGUFFile::~GGUFFile() {
     if (fd_ >= 0) ::close(fd_);
 }
 
+void GGUFFile::release_pages(const GGUFTensor& t) const {
+    if (!base_ || !t.data || t.nbytes == 0) return;
+    const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 void GGUFFile::parse() {
     const std::string label = printable_text(path_);
     Cursor c(base_, size_, label);

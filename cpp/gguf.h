@@ -115,6 +115,12 @@ public:
     bool get_bool(const std::string& key, bool def) const;
 
     const std::vector<GGUFTensor>& tensors() const { return tensors_; }
+
+    // Tells the kernel that the pages wholly inside this tensor's data are not needed now
+    // (madvise MADV_DONTNEED on the read-only private mapping): they leave the process's
+    // resident set and are read again from the file if touched. Used after a tensor was
+    // copied to the card.
+    void release_pages(const GGUFTensor& t) const;
     const GGUFTensor* tensor(const std::string& name) const;   // nullptr if absent
 
 private:

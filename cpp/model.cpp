@@ -260,6 +260,7 @@ void Model::load_weights(Transport& card) {
             L.rows[p] = m.rows;
             L.cols[p] = m.cols;
             ternary_bytes_ += card.slot_info(slot).bytes;
+            file_->release_pages(*t);   // the card holds it now
         }
     }
     if (ternarised > 0)

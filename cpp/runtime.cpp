@@ -72,14 +72,13 @@ void Engine::rope(float* vec, int64_t n_heads, int64_t pos) const {
 namespace {
 
 // softmax(q . K^T * scale) V for one query head against positions [0, n_ctx) of a cache.
-void attend_head(const float* qh, const KVCache& cache, int64_t layer, int64_t kvh, int64_t hd, int64_t n_ctx,
-                 float scale, float* score, float* oh) {
+// Scores use the kernels' ordered fp32 dot (docs/NUMERICS.md), the rest is elementwise.
+void attend_head(const sim::KernelTable& kt, const float* qh, const KVCache& cache, int64_t layer, int64_t kvh,
+                 int64_t hd, int64_t n_ctx, float scale, float* score, float* oh) {
+    kt.dot_f32(cache.k[layer].data() + kvh * hd, cache.kv_dim, n_ctx, qh, hd, score);
     float mx = -std::numeric_limits<float>::infinity();
     for (int64_t t = 0; t < n_ctx; ++t) {
-        const float* kt = cache.k[layer].data() + t * cache.kv_dim + kvh * hd;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < hd; ++d) dot += qh[d] * kt[d];
-        score[t] = dot * scale;
+        score[t] = score[t] * scale;
         mx = std::max(mx, score[t]);
     }
     float sum = 0.0f;
@@ -91,7 +90,7 @@ void attend_head(const float* qh, const KVCache& cache, int64_t layer, int64_t k
     for (int64_t t = 0; t < n_ctx; ++t) {
         const float p = score[t] / sum;
         const float* vt = cache.v[layer].data() + t * cache.kv_dim + kvh * hd;
-        for (int64_t d = 0; d < hd; ++d) oh[d] += p * vt[d];
+        for (int64_t d = 0; d < hd; ++d) oh[d] = oh[d] + p * vt[d];
     }
 }
 
@@ -145,12 +144,14 @@ void Engine::forward(const std::vector<ForwardRow>& rows, std::vector<float>& lo
 
     // Normalise [R, n] rows of `in` with weight w (or copy if w is empty), then quantise.
     auto norm_quant = [&](const float* in, const std::vector<float>* w, int64_t n) {
-        for (int64_t r = 0; r < R; ++r) {
-            float* dst = xn.data() + r * n;
-            if (w) rmsnorm(in + r * n, w->data(), n, c.rms_eps, dst);
-            else std::copy(in + r * n, in + (r + 1) * n, dst);
-            sx[r] = quantize_row_i8(dst, n, q8.data() + r * n);
-        }
+        pool_->parallel_for(R, 8, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+                float* dst = xn.data() + r * n;
+                if (w) rmsnorm(in + r * n, w->data(), n, c.rms_eps, dst);
+                else std::copy(in + r * n, in + (r + 1) * n, dst);
+                sx[r] = quantize_row_i8(dst, n, q8.data() + r * n);
+            }
+        });
     };
 
     for (int64_t l = 0; l < c.n_layer; ++l) {
@@ -179,8 +180,8 @@ void Engine::forward(const std::vector<ForwardRow>& rows, std::vector<float>& lo
                 for (int64_t i = begin; i < end; ++i) {
                     const int64_t r = i / c.n_head, h = i % c.n_head;
                     score.resize(static_cast<size_t>(rows[r].pos + 1));
-                    attend_head(Q.data() + r * QD + h * hd, *rows[r].cache, l, h / group, hd, rows[r].pos + 1, scale,
-                                score.data(), O.data() + r * QD + h * hd);
+                    attend_head(*kernels_, Q.data() + r * QD + h * hd, *rows[r].cache, l, h / group, hd,
+                                rows[r].pos + 1, scale, score.data(), O.data() + r * QD + h * hd);
                 }
             });
         }
@@ -191,17 +192,19 @@ void Engine::forward(const std::vector<ForwardRow>& rows, std::vector<float>& lo
         // --- feed-forward ---
         norm_quant(x.data(), &L.ffn_norm, D);
         card_matmul(q8.data(), sx.data(), R, D, {{L.slot[PROJ_GATE], G.data()}, {L.slot[PROJ_UP], U.data()}});
-        for (int64_t i = 0; i < R * F; ++i) {
-            const float g = G[i];
-            float a;
-            if (c.act == Activation::RELU2) {
-                const float rl = g > 0.0f ? g : 0.0f;
-                a = rl * rl;
-            } else {
-                a = g / (1.0f + std::exp(-g));
+        pool_->parallel_for(R * F, 16384, [&](int64_t i0, int64_t i1) {
+            for (int64_t i = i0; i < i1; ++i) {
+                const float g = G[i];
+                float a;
+                if (c.act == Activation::RELU2) {
+                    const float rl = g > 0.0f ? g : 0.0f;
+                    a = rl * rl;
+                } else {
+                    a = g / (1.0f + std::exp(-g));
+                }
+                G[i] = a * U[i];
             }
-            G[i] = a * U[i];
-        }
+        });
         norm_quant(G.data(), c.sub_norms ? &L.ffn_sub_norm : nullptr, F);
         card_matmul(q8.data(), sx.data(), R, F, {{L.slot[PROJ_DOWN], Y.data()}});
         for (int64_t i = 0; i < R * D; ++i) x[i] += Y[i];

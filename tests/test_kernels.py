@@ -73,6 +73,18 @@ def test_dot_f16_bit_identical(kernel, n):
     assert np.allclose(ref, rows.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 64, 100, 128])
+def test_dot_f32_bit_identical(kernel, n):
+    rng = np.random.default_rng(n + 1)
+    rows = rng.standard_normal((11, n)).astype(np.float32)
+    x = rng.standard_normal(n).astype(np.float32)
+    ref = _core._kernel_dot_f32("ref", rows, x)
+    got = _core._kernel_dot_f32(kernel, rows, x)
+    assert np.array_equal(ref.view(np.uint32), got.view(np.uint32))
+    assert np.allclose(ref, rows.astype(np.float64) @ x.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
 def test_unknown_kernel_rejected():
     with pytest.raises(ValueError, match="kernel 'nope'"):
         _core._kernel_gemm("nope", np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), 0, 1)

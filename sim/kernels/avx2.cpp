@@ -94,10 +94,34 @@ void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float
     }
 }
 
+void avx2_dot_f32(const float* rows_, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const float* e = rows_ + r * ld;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();   // lanes 0..7 and 8..15
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(e + i), _mm256_loadu_ps(x + i)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(e + i + 8), _mm256_loadu_ps(x + i + 8)));
+        }
+        alignas(32) float lane[16];
+        _mm256_store_ps(lane, a0);
+        _mm256_store_ps(lane + 8, a1);
+        for (; i < n; ++i) {
+            const float p = e[i] * x[i];
+            lane[i % 16] = lane[i % 16] + p;
+        }
+        const __m256 s8 = _mm256_add_ps(_mm256_load_ps(lane), _mm256_load_ps(lane + 8));
+        const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+        const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        out[r] = _mm_cvtss_f32(s1);
+    }
+}
+
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16};
+    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16, avx2_dot_f32};
     return table;
 }
 

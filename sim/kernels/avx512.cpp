@@ -182,10 +182,34 @@ void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const floa
     for (; r < n_rows; ++r) dot_rows<1>(rows + r * ld, ld, x, n, out + r);
 }
 
+template <int RB>
+void dot_rows_f32(const float* e, int64_t ld, const float* x, int64_t n, float* out) {
+    __m512 acc[RB];
+    for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i);
+        for (int r = 0; r < RB; ++r) acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_loadu_ps(e + r * ld + i), xv));
+    }
+    if (i < n) {
+        const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        for (int r = 0; r < RB; ++r)
+            acc[r] = _mm512_mask_add_ps(acc[r], m, acc[r], _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + r * ld + i), xv));
+    }
+    for (int r = 0; r < RB; ++r) out[r] = reduce16(acc[r]);
+}
+
+void avx512_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+    int64_t r = 0;
+    for (; r + 4 <= n_rows; r += 4) dot_rows_f32<4>(rows + r * ld, ld, x, n, out + r);
+    for (; r < n_rows; ++r) dot_rows_f32<1>(rows + r * ld, ld, x, n, out + r);
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16};
+    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16, avx512_dot_f32};
     return table;
 }
 

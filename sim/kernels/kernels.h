@@ -67,6 +67,8 @@ struct KernelTable {
     // Host-side helper the runtime uses for the output head: dot products of fp16 rows with
     // an fp32 vector. out[r] = sum_i fp16(rows[r * ld + i]) * x[i] for r in [0, n_rows).
     void (*dot_f16)(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
+    // fp32 dot products in the same fixed order (attention scores): out[r] = rows[r*ld..] . x
+    void (*dot_f32)(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
 };
 
 const KernelTable& ref_kernels();

@@ -87,10 +87,24 @@ void ref_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* 
     }
 }
 
+void ref_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const float* e = rows + r * ld;
+        float acc[16] = {0};
+        for (int64_t i = 0; i < n; ++i) {
+            const float p = e[i] * x[i];
+            acc[i % 16] = acc[i % 16] + p;
+        }
+        for (int w = 8; w >= 1; w /= 2)
+            for (int l = 0; l < w; ++l) acc[l] = acc[l] + acc[l + w];
+        out[r] = acc[0];
+    }
+}
+
 }  // namespace
 
 const KernelTable& ref_kernels() {
-    static const KernelTable table{"ref", ref_gemm, ref_dot_f16};
+    static const KernelTable table{"ref", ref_gemm, ref_dot_f16, ref_dot_f32};
     return table;
 }
 
