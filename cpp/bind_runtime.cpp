@@ -83,7 +83,8 @@ void bind_runtime(py::module_& m) {
         .def_property_readonly("closed", &Device::closed)
         .def_property_readonly("busy", &Device::busy)
         .def("close", &Device::close, py::call_guard<py::gil_scoped_release>())
-        .def("load_model", &Device::load_model, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+        .def("load_model", &Device::load_model, py::arg("path"), py::arg("fast_head") = false,
+             py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("has_model", &Device::has_model)
         .def("model_config",
              [](const Device& d) -> py::object {
@@ -151,6 +152,8 @@ void bind_runtime(py::module_& m) {
                  r["tokens_prefilled"] = p.tokens_prefilled;
                  r["tokens_per_second"] = p.tokens_per_second;
                  r["last_job_seconds"] = p.last_job_seconds;
+                 r["head_calls"] = p.head_calls;
+                 r["head_rescored"] = p.head_rescored;
                  return r;
              })
         .def("card_info",
@@ -255,6 +258,19 @@ void bind_runtime(py::module_& m) {
                   throw Error(ErrorCode::INVALID, "rows must be [R, n] and x [n]");
               py::array_t<float> out(rows.shape(0));
               k.dot_f32(rows.data(), rows.shape(1), rows.shape(0), x.data(), x.shape(0), out.mutable_data());
+              return out;
+          },
+          py::arg("kernel"), py::arg("rows"), py::arg("x"));
+    m.def("_kernel_dot_i8",
+          [](const std::string& name, const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& rows,
+             const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& x) {
+              const sim::KernelTable& k = sim::kernels_by_name(name);
+              if (rows.ndim() != 2 || x.ndim() != 1 || rows.shape(1) != x.shape(0))
+                  throw Error(ErrorCode::INVALID, "rows must be [R, n] and x [n]");
+              for (py::ssize_t i = 0; i < rows.size(); ++i)
+                  if (rows.data()[i] == -128) throw Error(ErrorCode::INVALID, "rows must be in [-127, 127]");
+              py::array_t<int32_t> out(rows.shape(0));
+              k.dot_i8(rows.data(), rows.shape(1), rows.shape(0), x.data(), x.shape(0), out.mutable_data());
               return out;
           },
           py::arg("kernel"), py::arg("rows"), py::arg("x"));

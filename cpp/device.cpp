@@ -187,7 +187,7 @@ std::shared_ptr<const Model> Device::model() const {
     return model_;
 }
 
-void Device::load_model(const std::string& path) {
+void Device::load_model(const std::string& path, bool fast_head) {
     check_open();
     acquire();
     join_worker();
@@ -201,6 +201,7 @@ void Device::load_model(const std::string& path) {
         transport_->free_range(0, kUserSlotBase);
         auto model = std::make_shared<Model>(path, *transport_, 0);
         auto engine = std::make_unique<Engine>(*model, *transport_, pool_.get());
+        if (fast_head) engine->enable_fast_head();
         std::lock_guard<std::mutex> lock(mu_);
         model_ = std::move(model);
         engine_ = std::move(engine);
@@ -309,16 +310,24 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
         std::vector<ForwardRow> rows;
         std::vector<size_t> row_seq;       // which sequence each logits row belongs to
         std::vector<std::vector<float>> seq_logits(S);
+        // Greedy with the fast head: the forward pass returns the exact argmax directly.
+        const bool argmax_only = req.sampling.temperature <= 0.0f && engine->fast_head();
+        std::vector<int32_t> seq_argmax(S, 0), argmax;
+        auto run_rows = [&]() {
+            if (argmax_only) {
+                engine->forward_argmax(rows, argmax, hooks);
+                for (size_t w = 0; w < row_seq.size(); ++w) seq_argmax[row_seq[w]] = argmax[w];
+            } else {
+                engine->forward(rows, logits, hooks);
+                for (size_t w = 0; w < row_seq.size(); ++w) {
+                    const float* src = logits.data() + w * c.n_vocab;
+                    seq_logits[row_seq[w]].assign(src, src + c.n_vocab);
+                }
+            }
+        };
         auto flush = [&]() {
             if (rows.empty()) return;
-            engine->forward(rows, logits, hooks);
-            size_t w = 0;
-            for (size_t r = 0; r < rows.size(); ++r) {
-                if (!rows[r].want_logits) continue;
-                const float* src = logits.data() + w * c.n_vocab;
-                seq_logits[row_seq[w]].assign(src, src + c.n_vocab);
-                ++w;
-            }
+            run_rows();
             tokens_processed_.fetch_add(static_cast<int64_t>(rows.size()));
             prefilled += rows.size();
             rows.clear();
@@ -343,7 +352,7 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
             bool any = false;
             for (size_t i = 0; i < S; ++i) {
                 if (!active[i]) continue;
-                const int32_t tok = samplers[i].sample(seq_logits[i].data(), c.n_vocab);
+                const int32_t tok = argmax_only ? seq_argmax[i] : samplers[i].sample(seq_logits[i].data(), c.n_vocab);
                 job->push(i, tok);
                 ++generated;
                 tokens_processed_.fetch_add(1);
@@ -367,11 +376,7 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
                 rows.push_back({&caches[i], last[i], caches[i].n_pos, true});
                 row_seq.push_back(i);
             }
-            engine->forward(rows, logits, hooks);
-            for (size_t w = 0; w < row_seq.size(); ++w) {
-                const float* src = logits.data() + w * c.n_vocab;
-                seq_logits[row_seq[w]].assign(src, src + c.n_vocab);
-            }
+            run_rows();
         }
         reason = S == 1 ? job->stop_reason(0) : "length";
         if (reason.empty()) reason = "length";
@@ -534,6 +539,13 @@ DevicePerf Device::perf() const {
         p = perf_;
     }
     p.counters = transport_->counters();
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (engine_) {
+            p.head_calls = engine_->head_stats().calls;
+            p.head_rescored = engine_->head_stats().rescored;
+        }
+    }
     p.clock_mhz = transport_->profile().clock_mhz;
     return p;
 }

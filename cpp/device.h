@@ -42,6 +42,8 @@ struct DevicePerf {
     uint64_t tokens_prefilled = 0;     // prompt tokens over all jobs
     double tokens_per_second = 0;      // generated tokens / host wall time of the last job
     double last_job_seconds = 0;       // host wall time of the last job
+    uint64_t head_calls = 0;           // fast-head argmax evaluations (0 without fast head)
+    uint64_t head_rescored = 0;        // rows the fast head re-scored at full precision
 };
 
 // One job generates for one or more sequences (a batch): every decode step runs one forward
@@ -104,7 +106,9 @@ public:
 
     // Loads a model file onto the card, replacing any previous model. The device is
     // LOADING_WEIGHTS meanwhile. On failure the previous model is gone and the card empty.
-    void load_model(const std::string& path);
+    // fast_head: also build the fast output head (int8 copy + error bounds) used by greedy
+    // decoding; results stay exactly those of the exact head.
+    void load_model(const std::string& path, bool fast_head = false);
     bool has_model() const;
     std::shared_ptr<const Model> model() const;
 

@@ -114,11 +114,18 @@ void Engine::card_matmul(const int8_t* q, const float* sx, int64_t B, int64_t K,
 
 void Engine::forward(const std::vector<ForwardRow>& rows, std::vector<float>& logits, const RunHooks& hooks) {
     const ModelConfig& c = model_.config();
+    std::vector<float> h;
+    forward_hidden(rows, h, hooks);
+    const int64_t W = static_cast<int64_t>(h.size()) / c.n_embd;
+    logits.assign(static_cast<size_t>(W * c.n_vocab), 0.0f);
+    if (W > 0) output_head(h.data(), W, logits.data());
+}
+
+void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<float>& hidden, const RunHooks& hooks) {
+    const ModelConfig& c = model_.config();
     const int64_t R = static_cast<int64_t>(rows.size());
-    if (R == 0) {
-        logits.clear();
-        return;
-    }
+    hidden.clear();
+    if (R == 0) return;
     const int64_t D = c.n_embd, QD = c.q_dim(), KVD = c.kv_dim(), F = c.n_ff;
     const int64_t maxdim = std::max({D, QD, F});
 
@@ -216,11 +223,123 @@ void Engine::forward(const std::vector<ForwardRow>& rows, std::vector<float>& lo
     for (int64_t r = 0; r < R; ++r)
         if (rows[r].want_logits) want.push_back(r);
     const int64_t W = static_cast<int64_t>(want.size());
-    logits.assign(static_cast<size_t>(W * c.n_vocab), 0.0f);
-    if (W == 0) return;
-    std::vector<float> h(static_cast<size_t>(W * D));
-    for (int64_t w = 0; w < W; ++w) rmsnorm(x.data() + want[w] * D, model_.output_norm().data(), D, c.rms_eps, h.data() + w * D);
-    output_head(h.data(), W, logits.data());
+    hidden.resize(static_cast<size_t>(W * D));
+    for (int64_t w = 0; w < W; ++w)
+        rmsnorm(x.data() + want[w] * D, model_.output_norm().data(), D, c.rms_eps, hidden.data() + w * D);
+}
+
+void Engine::exact_logit_rows(const float* h, const int64_t* ids, int64_t n, float* out) const {
+    // The exact logit of each listed row, computed exactly as output_head() computes it.
+    const HostMatrix& head = model_.output();
+    const int64_t D = head.cols;
+    std::vector<float> erow(static_cast<size_t>(D));
+    for (int64_t i = 0; i < n; ++i) {
+        if (head.tensor->type == TensorType::F16) {
+            kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.tensor->data) + ids[i] * D, D, 1, h, D, out + i);
+        } else {
+            head.row(ids[i], erow.data());
+            kernels_->dot_f32(erow.data(), D, 1, h, D, out + i);
+        }
+    }
+}
+
+void Engine::enable_fast_head() {
+    if (fast_head()) return;
+    const HostMatrix& head = model_.output();
+    const int64_t V = head.rows, D = head.cols;
+    CompactHead ch;
+    ch.rows = V;
+    ch.cols = D;
+    ch.q.resize(static_cast<size_t>(V * D));
+    ch.scale.resize(static_cast<size_t>(V));
+    ch.err.resize(static_cast<size_t>(V));
+    ch.qnorm.resize(static_cast<size_t>(V));
+    ch.enorm.resize(static_cast<size_t>(V));
+    pool_->parallel_for(V, 256, [&](int64_t v0, int64_t v1) {
+        std::vector<float> e(static_cast<size_t>(D));
+        for (int64_t v = v0; v < v1; ++v) {
+            head.row(v, e.data());
+            float amax = 0.0f;
+            for (float x : e) amax = std::max(amax, std::fabs(x));
+            const float s = amax > 0 ? amax / 127.0f : 1.0f;
+            int8_t* q = ch.q.data() + v * D;
+            double err = 0, qn = 0, en = 0;
+            for (int64_t i = 0; i < D; ++i) {
+                const float r = std::nearbyint(e[i] / s);
+                q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, r)));
+                const double d = static_cast<double>(e[i]) - static_cast<double>(s) * q[i];
+                err += d * d;
+                qn += static_cast<double>(q[i]) * q[i];
+                en += static_cast<double>(e[i]) * e[i];
+            }
+            ch.scale[v] = s;
+            ch.err[v] = std::sqrt(err);
+            ch.qnorm[v] = std::sqrt(qn);
+            ch.enorm[v] = std::sqrt(en);
+        }
+    });
+    compact_ = std::move(ch);
+}
+
+void Engine::forward_argmax(const std::vector<ForwardRow>& rows, std::vector<int32_t>& tokens, const RunHooks& hooks) {
+    if (!fast_head()) throw Error(ErrorCode::STATE, "the fast head is not enabled");
+    std::vector<float> hidden;
+    forward_hidden(rows, hidden, hooks);
+    const int64_t V = compact_.rows, D = compact_.cols;
+    const int64_t W = static_cast<int64_t>(hidden.size()) / D;
+    tokens.assign(static_cast<size_t>(W), 0);
+    std::vector<int32_t> idot(static_cast<size_t>(V));
+    std::vector<double> lo(static_cast<size_t>(V)), hi(static_cast<size_t>(V));
+    std::vector<int8_t> h8(static_cast<size_t>(D));
+    // Relative rounding slack of an fp32 dot of length D summed in 16 lanes (depth D/16 + 4),
+    // doubled for safety; u = 2^-24.
+    const double gamma = 2.0 * (static_cast<double>(D) / 16.0 + 8.0) * std::ldexp(1.0, -24);
+    for (int64_t w = 0; w < W; ++w) {
+        const float* h = hidden.data() + w * D;
+        // h ~= h8 / s_h, with the residual's norm.
+        float amax = 0.0f;
+        for (int64_t i = 0; i < D; ++i) amax = std::max(amax, std::fabs(h[i]));
+        const float sh = 127.0f / std::max(amax, 1e-30f);
+        double hnorm = 0, dnorm = 0;
+        for (int64_t i = 0; i < D; ++i) {
+            const float r = std::nearbyint(h[i] * sh);
+            h8[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, r)));
+            const double d = static_cast<double>(h[i]) - static_cast<double>(h8[i]) / sh;
+            hnorm += static_cast<double>(h[i]) * h[i];
+            dnorm += d * d;
+        }
+        hnorm = std::sqrt(hnorm);
+        dnorm = std::sqrt(dnorm);
+        // Score every row: a_v = s_v / s_h * (q_v . h8), with |z_v - a_v| <= bound_v where z_v
+        // is the exact head's fp32 logit:
+        //   |E_v.h - s_v q_v.h|          <= err_v * |h|
+        //   |s_v q_v.(h - h8/s_h)|       <= s_v |q_v| * |h - h8/s_h|
+        //   fp32 rounding of z_v         <= gamma |E_v| |h|
+        //   rounding of a_v (in double)  negligible; covered by the factor below.
+        pool_->parallel_for(V, 1024, [&](int64_t v0, int64_t v1) {
+            kernels_->dot_i8(compact_.q.data() + v0 * D, D, v1 - v0, h8.data(), D, idot.data() + v0);
+            for (int64_t v = v0; v < v1; ++v) {
+                const double a = static_cast<double>(compact_.scale[v]) / sh * idot[v];
+                const double b = (compact_.err[v] * hnorm + compact_.scale[v] * compact_.qnorm[v] * dnorm +
+                                  gamma * compact_.enorm[v] * hnorm) * (1.0 + 1e-6) + 1e-30;
+                lo[v] = a - b;
+                hi[v] = a + b;
+            }
+        });
+        double best_lo = -std::numeric_limits<double>::infinity();
+        for (int64_t v = 0; v < V; ++v) best_lo = std::max(best_lo, lo[v]);
+        std::vector<int64_t> cand;
+        for (int64_t v = 0; v < V; ++v)
+            if (hi[v] >= best_lo) cand.push_back(v);
+        std::vector<float> z(cand.size());
+        exact_logit_rows(h, cand.data(), static_cast<int64_t>(cand.size()), z.data());
+        size_t best = 0;
+        for (size_t i = 1; i < cand.size(); ++i)
+            if (z[i] > z[best]) best = i;   // candidates are in index order: first maximum wins
+        tokens[static_cast<size_t>(w)] = static_cast<int32_t>(cand[best]);
+        head_stats_.calls += 1;
+        head_stats_.rescored += cand.size();
+    }
 }
 
 void Engine::output_head(const float* h, int64_t W, float* logits) {

@@ -57,9 +57,37 @@ struct ForwardRow {
     bool want_logits = false;
 };
 
+// The opt-in fast output head (docs/NUMERICS.md "Fast head"): an int8 copy of the head with
+// per-row error bounds; greedy decoding scores every row with it and re-scores at full
+// precision only the rows that could still be the maximum, so the chosen token is exactly the
+// exact head's argmax.
+struct CompactHead {
+    int64_t rows = 0, cols = 0;
+    std::vector<int8_t> q;         // [rows, cols], |q| <= 127
+    std::vector<float> scale;      // s_v: E_v ~= s_v * q_v
+    std::vector<double> err;       // ||E_v - s_v q_v||_2
+    std::vector<double> qnorm;     // ||q_v||_2
+    std::vector<double> enorm;     // ||E_v||_2
+};
+
+struct HeadStats {
+    uint64_t calls = 0;            // fast-head argmax evaluations
+    uint64_t rescored = 0;         // rows re-scored at full precision, over all calls
+};
+
 class Engine {
 public:
     Engine(const Model& model, Transport& card, ThreadPool* pool);
+
+    // Builds the fast head (idempotent). Costs one pass over the head and rows*cols bytes.
+    void enable_fast_head();
+    bool fast_head() const { return !compact_.q.empty(); }
+    HeadStats head_stats() const { return head_stats_; }
+
+    // Like forward(), but returns the exact greedy token of every want_logits row (the
+    // index of the first maximum of the exact logits) using the fast head, without
+    // computing all logits. Requires enable_fast_head().
+    void forward_argmax(const std::vector<ForwardRow>& rows, std::vector<int32_t>& tokens, const RunHooks& hooks);
 
     // Runs the rows through the model. Writes logits of the rows with want_logits, in row
     // order, into `logits` ([n_want, n_vocab]). Updates each cache's n_pos. Throws
@@ -69,6 +97,8 @@ public:
     const Model& model() const { return model_; }
 
 private:
+    // Runs the layers and leaves the final-normed hidden states of the want_logits rows in h.
+    void forward_hidden(const std::vector<ForwardRow>& rows, std::vector<float>& h, const RunHooks& hooks);
     void rope(float* vec, int64_t n_heads, int64_t pos) const;
     void card_matmul(const int8_t* q, const float* sx, int64_t B, int64_t K,
                      std::initializer_list<std::pair<int, float*>> products);
@@ -79,6 +109,9 @@ private:
     Transport& card_;
     ThreadPool* pool_;
     const sim::KernelTable* kernels_;   // host-side float kernels (output head)
+    void exact_logit_rows(const float* h, const int64_t* ids, int64_t n, float* out) const;
+    CompactHead compact_;
+    HeadStats head_stats_;
     std::vector<float> inv_freq_;   // [rope_dim / 2]
 };
 

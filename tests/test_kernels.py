@@ -85,6 +85,19 @@ def test_dot_f32_bit_identical(kernel, n):
     assert np.allclose(ref, rows.astype(np.float64) @ x.astype(np.float64), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel", ["ref"] + KERNELS)
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 63, 64, 65, 2560])
+def test_dot_i8_exact(kernel, n):
+    rng = np.random.default_rng(n + 2)
+    rows = rng.integers(-127, 128, size=(9, n)).astype(np.int8)
+    rows[0] = 127
+    rows[1] = -127
+    x = rng.integers(-127, 128, size=n).astype(np.int8)
+    x[: n // 2] = -127
+    got = _core._kernel_dot_i8(kernel, rows, x)
+    assert np.array_equal(got, rows.astype(np.int64) @ x.astype(np.int64))
+
+
 def test_unknown_kernel_rejected():
     with pytest.raises(ValueError, match="kernel 'nope'"):
         _core._kernel_gemm("nope", np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), 0, 1)

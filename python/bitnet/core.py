@@ -178,8 +178,14 @@ class BitNet:
         return cfg
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, model_path: "str | os.PathLike[str]") -> None:
+    def load_weights(self, model_path: "str | os.PathLike[str]", *, fast_head: bool = False) -> None:
         """Load a model file (GGUF: ``bitnet``, ``bitnet-b1.58`` or ``bitnet-25``) onto the card.
+
+        ``fast_head=True`` also builds an int8 copy of the output head with per-row error
+        bounds. Greedy decoding then scores every vocabulary row with it and re-scores at full
+        precision only the rows that could still be the maximum: the tokens are exactly those
+        of the exact head, and decode reads about half the head's bytes. Sampling
+        (``temperature > 0``) always uses the exact logits. Costs ``vocab * hidden`` bytes.
 
         Raises :class:`BitNetError` naming the problem for a missing or malformed file; the
         previous model is unloaded either way.
@@ -188,7 +194,9 @@ class BitNet:
         if not isinstance(model_path, (str, os.PathLike)):
             raise TypeError(f"model_path must be a path, not {type(model_path).__name__}")
         path = os.fspath(model_path)
-        self._dev.load_model(path)
+        if not isinstance(fast_head, bool):
+            raise TypeError("fast_head must be True or False")
+        self._dev.load_model(path, fast_head)
         self._stop_default = list(self._dev.model_config()["stop_token_ids"])
 
     def load_weights_from_array(self, weights: Any, layer_id: int = -1, *, scale: Optional[float] = None) -> int:

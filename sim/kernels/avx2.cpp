@@ -118,10 +118,30 @@ void avx2_dot_f32(const float* rows_, int64_t ld, int64_t n_rows, const float* x
     }
 }
 
+// |rows| x sign(x, rows) with VPMADDUBSW: both magnitudes <= 127, so a pair sum is at most
+// 2 * 127 * 127 < 32767 and never saturates.
+void avx2_dot_i8(const int8_t* rows_, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const int8_t* e = rows_ + r * ld;
+        __m256i acc = _mm256_setzero_si256();
+        int64_t i = 0;
+        for (; i + 32 <= n; i += 32) {
+            const __m256i ev = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + i));
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+            const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(ev), _mm256_sign_epi8(xv, ev));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        }
+        int32_t sum = hsum_epi32(acc);
+        for (; i < n; ++i) sum += static_cast<int32_t>(e[i]) * x[i];
+        out[r] = sum;
+    }
+}
+
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16, avx2_dot_f32};
+    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16, avx2_dot_f32, avx2_dot_i8};
     return table;
 }
 

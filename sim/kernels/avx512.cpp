@@ -206,10 +206,33 @@ void avx512_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* 
     for (; r < n_rows; ++r) dot_rows_f32<1>(rows + r * ld, ld, x, n, out + r);
 }
 
+// rows (signed, |v| <= 127) x x (signed): VPDPBUSD needs an unsigned operand, so rows are
+// biased by +128 and 128 * sum(x) is subtracted.
+void avx512_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out) {
+    const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+    int32_t xsum = 0;
+    for (int64_t i = 0; i < n; ++i) xsum += x[i];
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const int8_t* e = rows + r * ld;
+        __m512i acc = _mm512_setzero_si512();
+        int64_t i = 0;
+        for (; i + 64 <= n; i += 64) {
+            const __m512i ev = _mm512_xor_si512(_mm512_loadu_si512(e + i), bias);   // e + 128 as u8
+            acc = _mm512_dpbusd_epi32(acc, ev, _mm512_loadu_si512(x + i));
+        }
+        if (i < n) {
+            const __mmask64 m = (n - i) >= 64 ? ~__mmask64(0) : ((__mmask64(1) << (n - i)) - 1);
+            const __m512i ev = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, e + i), bias);
+            acc = _mm512_dpbusd_epi32(acc, ev, _mm512_maskz_loadu_epi8(m, x + i));
+        }
+        out[r] = _mm512_reduce_add_epi32(acc) - 128 * xsum;
+    }
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16, avx512_dot_f32};
+    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16, avx512_dot_f32, avx512_dot_i8};
     return table;
 }
 

@@ -69,6 +69,9 @@ struct KernelTable {
     void (*dot_f16)(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
     // fp32 dot products in the same fixed order (attention scores): out[r] = rows[r*ld..] . x
     void (*dot_f32)(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
+    // Exact int8 dot products (the fast output head's scoring pass), values in [-127, 127]:
+    // out[r] = sum_i rows[r * ld + i] * x[i].
+    void (*dot_i8)(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out);
 };
 
 const KernelTable& ref_kernels();

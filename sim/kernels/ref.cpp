@@ -101,10 +101,18 @@ void ref_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x, 
     }
 }
 
+void ref_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+        int32_t sum = 0;
+        for (int64_t i = 0; i < n; ++i) sum += static_cast<int32_t>(rows[r * ld + i]) * x[i];
+        out[r] = sum;
+    }
+}
+
 }  // namespace
 
 const KernelTable& ref_kernels() {
-    static const KernelTable table{"ref", ref_gemm, ref_dot_f16, ref_dot_f32};
+    static const KernelTable table{"ref", ref_gemm, ref_dot_f16, ref_dot_f32, ref_dot_i8};
     return table;
 }
 
