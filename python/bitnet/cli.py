@@ -102,6 +102,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import benchmark
+
+    return benchmark.main(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bitnet", description="BitNet b1.58 accelerator tools")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -121,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default=None)
     i.add_argument("--profile", default="vibee-zcu104")
     i.set_defaults(func=_cmd_info)
+
+    b = sub.add_parser("bench", help="llama-bench-style speed test (optionally against llama.cpp)")
+    from .benchmark import add_arguments as _bench_args
+
+    _bench_args(b)
+    b.set_defaults(func=_cmd_bench)
 
     c = sub.add_parser("convert", help="convert a Hugging Face BitNet checkpoint to GGUF")
     c.add_argument("hf_dir")

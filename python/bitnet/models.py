@@ -42,6 +42,39 @@ def _pack_rows(t: np.ndarray) -> np.ndarray:
     return packed
 
 
+def _byte_unicode() -> Dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (byte-level BPE alphabets)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def _tokenizer_json(vocab_size: int) -> Dict[str, Any]:
+    """A small byte-level BPE tokenizer: the 256 bytes plus two-character merges, so that tools
+    which need a vocabulary (llama.cpp) load the random model. Unused ids stay unfilled."""
+    chars = _byte_unicode()
+    vocab = {chars[b]: b for b in range(256)}
+    merges = []
+    letters = [chars[b] for b in range(ord("a"), ord("z") + 1)]
+    for a in letters:
+        for b in letters:
+            if len(vocab) >= min(vocab_size, 256 + 26 * 26):
+                break
+            merges.append(f"{a} {b}")
+            vocab[a + b] = len(vocab)
+    return {"version": "1.0", "added_tokens": [], "normalizer": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "fuse_unk": False,
+                      "byte_fallback": False, "vocab": vocab, "merges": merges}}
+
+
 def random_hf_checkpoint(directory: Union[str, os.PathLike], preset: str = "small", seed: int = 0,
                          **overrides: Any) -> Path:
     """Write a seeded random BitNet checkpoint (packed 2B-4T format, fp32 norms/embedding)."""
@@ -88,6 +121,8 @@ def random_hf_checkpoint(directory: Union[str, os.PathLike], preset: str = "smal
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    if vocab >= 256:
+        (out / "tokenizer.json").write_text(json.dumps(_tokenizer_json(vocab)))
     save_file(tensors, str(out / "model.safetensors"))
     return out
 
