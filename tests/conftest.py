@@ -25,23 +25,25 @@ except ImportError:  # pragma: no cover - depends on how the tests are run
 
 import hf_models  # noqa: E402
 
-# The model shapes of the test-suite. TQ types need in-features that are multiples of 256 and
+# The model shapes of the test-suite. The seeds were picked so that transformers, the float64
+# oracle and a float32 re-implementation produce the same 32 greedy tokens for both parity
+# prompts (see test_parity.py on why that is not automatic for W1.58A8 models). TQ types need in-features that are multiples of 256 and
 # I2_S multiples of 128, hence hidden/ffn in multiples of 256.
 MODELS: Dict[str, dict] = {
     # head_dim 64, GQA 4:2, theta 10000
-    "gqa64": dict(seed=11, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+    "gqa64": dict(seed=41, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                   num_kv_heads=2, vocab_size=512, rope_theta=10000.0),
     # head_dim 128, MHA, theta 500000 (the 2B-4T head size and base)
-    "mha128": dict(seed=12, hidden_size=256, intermediate_size=768, num_layers=2, num_heads=2,
+    "mha128": dict(seed=42, hidden_size=256, intermediate_size=768, num_layers=2, num_heads=2,
                    num_kv_heads=2, vocab_size=512, rope_theta=500000.0),
     # HF1BitLLM / Falcon3 scale convention: weight_scale = 1/beta, W = t / weight_scale
     "bitlinear": dict(seed=13, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                       num_kv_heads=2, vocab_size=512, linear_class="bitlinear"),
     # bf16 master weights (quantization_mode online): ternarised by the converter
-    "master": dict(seed=14, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+    "master": dict(seed=34, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                    num_kv_heads=2, vocab_size=512, master=True),
     # the gqa64 tensors split over three shards with an index file
-    "sharded": dict(seed=11, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+    "sharded": dict(seed=41, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                     num_kv_heads=2, vocab_size=512, rope_theta=10000.0, shards=3),
 }
 

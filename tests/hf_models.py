@@ -40,6 +40,8 @@ __all__ = [
     "gguf_kv",
     "decode_i2s",
     "effective_weight",
+    "numpy_weights_from_gguf",
+    "FakeDevice",
     "BOS_ID",
     "EOS_ID",
     "PAD_ID",
@@ -433,7 +435,11 @@ def write_upstream_style_gguf(
     for name, value in tensors.items():
         if name.endswith(".weight_scale"):
             continue
-        new_name = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+        # gguf-py's map (0.19) knows the 1bitLLM sub-norm names inner_attn_ln/ffn_layernorm but not
+        # the 2B-4T ones; both map to the same GGUF tensors.
+        alias = name.replace("self_attn.attn_sub_norm", "self_attn.inner_attn_ln").replace(
+            "mlp.ffn_sub_norm", "mlp.ffn_layernorm")
+        new_name = tmap.get_name(alias, try_suffixes=(".weight", ".bias"))
         if new_name is None:
             raise ValueError(f"cannot map {name}")
         stem = name[: -len(".weight")]
@@ -543,3 +549,89 @@ def effective_weight(reader, name: str) -> np.ndarray:
     if scale is not None:
         w = w * np.float32(np.asarray(scale.data).reshape(-1)[0])
     return w
+
+
+def numpy_weights_from_gguf(path: os.PathLike | str, *, default_act: str = "silu"):
+    """Build :class:`numpy_reference.BitNetWeights` from a GGUF file, reading the model the way a
+    loader must: hyper-parameters from ``<arch>.*`` keys (head_dim defaults to n_embd/n_head,
+    the activation to ``default_act`` when ``<arch>.hidden_activation`` is absent, as upstream),
+    tensors by their GGUF names, ternary weights decoded with their scales."""
+    import gguf
+    import numpy_reference as nr
+
+    r = read_gguf(path)
+    kv = gguf_kv(r)
+    arch = kv["general.architecture"]
+    tensors = {t.name: t for t in r.tensors}
+
+    def floats(name: str) -> np.ndarray:
+        t = tensors[name]
+        qt = gguf.GGMLQuantizationType(int(t.tensor_type))
+        shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
+        return gguf.quants.dequantize(np.asarray(t.data), qt).reshape(shape).astype(np.float64)
+
+    def ternary(name: str) -> "nr.Ternary":
+        w = effective_weight(r, name).astype(np.float64)
+        nz = np.abs(w[w != 0])
+        beta = float(nz[0]) if nz.size else 1.0
+        assert np.all(nz == beta), f"{name}: more than one magnitude"
+        return nr.Ternary(np.sign(w).astype(np.int8), beta)
+
+    n_layers = int(kv[f"{arch}.block_count"])
+    layers = []
+    for i in range(n_layers):
+        b = f"blk.{i}."
+        layers.append(nr.Layer(
+            attn_norm=floats(b + "attn_norm.weight"),
+            q=ternary(b + "attn_q.weight"), k=ternary(b + "attn_k.weight"), v=ternary(b + "attn_v.weight"),
+            attn_sub_norm=floats(b + "attn_sub_norm.weight") if b + "attn_sub_norm.weight" in tensors else None,
+            o=ternary(b + "attn_output.weight"),
+            ffn_norm=floats(b + "ffn_norm.weight"),
+            gate=ternary(b + "ffn_gate.weight"), up=ternary(b + "ffn_up.weight"),
+            ffn_sub_norm=floats(b + "ffn_sub_norm.weight") if b + "ffn_sub_norm.weight" in tensors else None,
+            down=ternary(b + "ffn_down.weight"),
+        ))
+    act = kv.get(f"{arch}.hidden_activation", default_act)
+    return nr.BitNetWeights(
+        embed=floats("token_embd.weight"),
+        final_norm=floats("output_norm.weight"),
+        layers=layers,
+        n_heads=int(kv[f"{arch}.attention.head_count"]),
+        n_kv_heads=int(kv.get(f"{arch}.attention.head_count_kv", kv[f"{arch}.attention.head_count"])),
+        rope_theta=float(kv.get(f"{arch}.rope.freq_base", 10000.0)),
+        eps=float(kv[f"{arch}.attention.layer_norm_rms_epsilon"]),
+        act="relu2" if act in ("relu2", "relu_squared") else act,
+        lm_head=floats("output.weight") if "output.weight" in tensors else None,
+    )
+
+
+class FakeDevice:
+    """A stand-in for ``bitnet.BitNet(device="sim")`` used only to self-test the parity harness
+    (``BITNET_TEST_FAKE_ENGINE=1``): it runs the numpy model in float32 (a different rounding
+    order from the float64 oracle, like a real fp32 engine) on the weights decoded from the GGUF."""
+
+    def __init__(self, device: str = "sim") -> None:
+        self.w = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.w = None
+
+    def load_weights(self, path) -> None:
+        self.w = numpy_weights_from_gguf(path)
+
+    def logits(self, tokens) -> np.ndarray:
+        import numpy_reference as nr
+
+        return nr.forward(self.w, list(tokens), dtype=np.float32).astype(np.float32)
+
+    def inference(self, tokens, max_output: int = 1024) -> np.ndarray:
+        import numpy_reference as nr
+
+        new, _ = nr.greedy(self.w, list(tokens), max_output, dtype=np.float32)
+        return np.asarray(new, dtype=np.int32)
