@@ -298,6 +298,60 @@ def test_upstream_style_file(upstream_gguf, ckpt, type):
 
 
 # ---------------------------------------------------------------------------------------------
+# the files describe the same model: run them through the float64 oracle
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model,type", [(m, t) for m in ("gqa64", "mha128") for t in OUTPUT_TYPES]
+                         + [("master", "tq2_0"), ("bitlinear", "f16")])
+def test_gguf_model_equals_checkpoint_model(ckpt, gguf_file, model, type):
+    """Hyper-parameters read from the GGUF keys and weights decoded from its tensors give the same
+    float64 forward as the HF checkpoint (so names, orientation, scales, rope, activation agree)."""
+    import numpy_reference as nr
+
+    prompt = [hm.BOS_ID, 7, 99, 3, 250, 511, 42, 42]
+    from_ckpt = nr.forward(nr.load_hf_checkpoint(ckpt(model)), prompt)
+    from_gguf = nr.forward(hm.numpy_weights_from_gguf(gguf_file(model, type)), prompt)
+    # (f16 embedding rounding of tiny values and the f32 eps key: ~1e-7)
+    assert np.abs(from_gguf - from_ckpt).max() <= 1e-6
+
+
+def test_1bitllm_style_checkpoint(ckpt, tmp_path):
+    """1bitLLM/bitnet_b1_58-*: 'BitnetForCausalLM', model_type llama, SiLU, fp16 latent weights,
+    sub-norms named inner_attn_ln / ffn_layernorm, no quantization_config."""
+    import torch
+
+    d = _copy(ckpt, tmp_path, "master")
+    _edit_config(d, architectures=["BitnetForCausalLM"], model_type="llama", hidden_act="silu",
+                 quantization_config=None, torch_dtype="float16")
+
+    def rename(t):
+        for name in list(t):
+            new = name.replace("self_attn.attn_sub_norm", "self_attn.inner_attn_ln").replace(
+                "mlp.ffn_sub_norm", "mlp.ffn_layernorm")
+            t[new] = t.pop(name).to(torch.float16)
+
+    _edit_tensors(d, rename)
+    r = hm.read_gguf(convert_hf_to_gguf(d, tmp_path / "1bit.gguf", type="f16"))
+    kv = hm.gguf_kv(r)
+    assert kv["bitnet.hidden_activation"] == "silu" and kv["bitnet_pkg.weight_source"] == "master"
+    ref = hm.hf_unpacked_weights(d)
+    t, beta = ref["model.layers.1.self_attn.o_proj"]
+    assert np.array_equal(hm.effective_weight(r, "blk.1.attn_output.weight"), t.astype(np.float32) * np.float32(beta))
+    assert "blk.1.attn_sub_norm.weight" in _tensors(r) and "blk.1.ffn_sub_norm.weight" in _tensors(r)
+
+
+def test_upstream_style_model_defaults(ckpt, upstream_gguf):
+    import numpy_reference as nr
+
+    prompt = [hm.BOS_ID, 5, 6, 7]
+    w = hm.numpy_weights_from_gguf(upstream_gguf("gqa64", "tq2_0"))
+    assert w.act == "silu"                                   # no hidden_activation: SiLU, as upstream
+    relu2 = nr.forward(nr.load_hf_checkpoint(ckpt("gqa64")), prompt)
+    w.act = "relu2"
+    assert np.abs(nr.forward(w, prompt) - relu2).max() <= 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
 # tokenizer keys
 # ---------------------------------------------------------------------------------------------
 
