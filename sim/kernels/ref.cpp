@@ -15,12 +15,20 @@ void pack_slot(const int8_t* t, int64_t n, int64_t k, float scale, TernarySlot& 
     slot.scale = scale;
     // Padding codes are 1 (t = 0): every pad byte is 0b01010101.
     slot.packed.assign(static_cast<size_t>(n * slot.row_bytes), 0x55);
+    const int64_t full = k / kGroup;   // groups without padding
     for (int64_t r = 0; r < n; ++r) {
         uint8_t* row = slot.packed.data() + r * slot.row_bytes;
         const int8_t* src = t + r * k;
-        for (int64_t c = 0; c < k; ++c) {
-            const int64_t g = c / kGroup, e = c % kGroup;
-            uint8_t& byte = row[g * 16 + e % 16];
+        for (int64_t g = 0; g < full; ++g) {
+            const int8_t* s = src + g * kGroup;
+            uint8_t* dst = row + g * 16;
+            for (int m = 0; m < 16; ++m)
+                dst[m] = static_cast<uint8_t>((s[m] + 1) | ((s[m + 16] + 1) << 2) | ((s[m + 32] + 1) << 4) |
+                                              ((s[m + 48] + 1) << 6));
+        }
+        for (int64_t c = full * kGroup; c < k; ++c) {   // the padded tail group
+            const int64_t e = c % kGroup;
+            uint8_t& byte = row[full * 16 + e % 16];
             const int shift = 2 * static_cast<int>(e / 16);
             const uint8_t code = static_cast<uint8_t>(src[c] + 1);
             byte = static_cast<uint8_t>((byte & ~(3u << shift)) | (code << shift));
