@@ -203,6 +203,7 @@ void bind_runtime(py::module_& m) {
                  return py::make_tuple(ya, aa);
              },
              py::arg("layer_id"), py::arg("x"), py::arg("return_acc") = false)
+        .def("_inject_fault", [](Device& d, int count) { d.transport().inject_fault(count); }, py::arg("count") = 1)
         .def("abort", &Device::abort)
         .def("reset", &Device::reset, py::call_guard<py::gil_scoped_release>());
 

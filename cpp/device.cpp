@@ -177,6 +177,23 @@ void Device::acquire() {
 
 void Device::release() { running_.store(false); }
 
+void Device::check_not_error() const {
+    if (state_.load() == static_cast<int>(DeviceState::ERROR))
+        throw Error(ErrorCode::STATE, "the device is in the ERROR state (code " + std::to_string(error_code_.load()) +
+                                          "); call reset() first");
+}
+
+void Device::fault_or_idle(const Error& e) {
+    // A rejected argument leaves the card as it was; anything the card itself reports
+    // (engine fault, DMA or driver error) latches ERROR until reset().
+    if (e.code() == ErrorCode::INVALID || e.code() == ErrorCode::ABORTED) {
+        state_.store(static_cast<int>(DeviceState::IDLE));
+    } else {
+        error_code_.store(static_cast<int>(e.code()));
+        state_.store(static_cast<int>(DeviceState::ERROR));
+    }
+}
+
 bool Device::has_model() const {
     std::lock_guard<std::mutex> lock(mu_);
     return model_ != nullptr;
@@ -246,9 +263,7 @@ std::shared_ptr<Job> Device::submit(const GenerateRequest& req) {
     if (req.max_new_tokens < 0)
         throw Error(ErrorCode::INVALID, "max_output must be >= 0, got " + std::to_string(req.max_new_tokens));
     validate_sampling(req.sampling);
-    if (state_.load() == static_cast<int>(DeviceState::ERROR))
-        throw Error(ErrorCode::STATE, "the device is in the ERROR state (code " + std::to_string(error_code_.load()) +
-                                          "); call reset() first");
+    check_not_error();
     acquire();
     join_worker();
     auto job = std::make_shared<Job>(req.prompts.size());
@@ -423,6 +438,7 @@ std::vector<float> Device::logits(const std::vector<int32_t>& tokens) {
         check_model();
         validate_tokens(tokens, "input_tokens");
     }
+    check_not_error();
     acquire();
     join_worker();
     std::shared_ptr<Model> model;
@@ -450,6 +466,10 @@ std::vector<float> Device::logits(const std::vector<int32_t>& tokens) {
             engine->forward(rows, part, hooks);
             std::copy(part.begin(), part.end(), out.begin() + s * V);
         }
+    } catch (const Error& e) {
+        fault_or_idle(e);
+        release();
+        throw;
     } catch (...) {
         state_.store(static_cast<int>(DeviceState::IDLE));
         release();
@@ -488,6 +508,7 @@ std::vector<float> Device::matmul(int layer_id, const float* x, int64_t B, int64
         throw Error(ErrorCode::INVALID, "x has " + std::to_string(k) + " features but layer " + std::to_string(layer_id) +
                                             " expects " + std::to_string(info.k));
     if (B <= 0) throw Error(ErrorCode::INVALID, "x has no rows");
+    check_not_error();
     for (int64_t i = 0; i < B * k; ++i)
         if (!std::isfinite(x[i])) throw Error(ErrorCode::INVALID, "x holds a non-finite value at flat index " + std::to_string(i));
     acquire();
@@ -511,6 +532,10 @@ std::vector<float> Device::matmul(int layer_id, const float* x, int64_t B, int64
         cmd.ops.push_back(op);
         state_.store(static_cast<int>(DeviceState::RUNNING));
         transport_->run(cmd);
+    } catch (const Error& e) {
+        fault_or_idle(e);
+        release();
+        throw;
     } catch (...) {
         state_.store(static_cast<int>(DeviceState::IDLE));
         release();

@@ -139,6 +139,8 @@ private:
     void validate_tokens(const std::vector<int32_t>& tokens, const char* what) const;
     void acquire();            // marks the device busy or throws BUSY
     void release();
+    void fault_or_idle(const Error& e);
+    void check_not_error() const;   // state after an error of a synchronous card call
     void join_worker();
     void run_job(std::shared_ptr<Job> job, GenerateRequest req);
 

@@ -25,6 +25,7 @@ public:
     void run(const MatmulCommand& cmd) override { card_.run(cmd); }
     Counters counters() const override { return card_.counters(); }
     void reset_counters() override { card_.reset_counters(); }
+    void inject_fault(int count) override { card_.inject_fault(count); }
 
 private:
     sim::SimCard card_;

@@ -41,6 +41,8 @@ public:
 
     virtual Counters counters() const = 0;
     virtual void reset_counters() = 0;
+    // Test hook: make the next `count` matmul commands fail as a faulting card would.
+    virtual void inject_fault(int count) = 0;
 };
 
 // The in-process simulator transport.

@@ -240,7 +240,13 @@ void SimCard::run(const MatmulCommand& cmd) {
     execute([&] { run_on_worker(cmd); });
 }
 
+void SimCard::inject_fault(int count) { faults_.store(count < 0 ? 0 : count); }
+
 void SimCard::run_on_worker(const MatmulCommand& cmd) {
+    if (faults_.load() > 0) {
+        faults_.fetch_sub(1);
+        throw Error(ErrorCode::HW_ERROR, "card fault: the matrix engine reported an error (injected)");
+    }
     const int64_t B = cmd.B, K = cmd.K, kpad = slot_k_padded(K);
     // The activation DMA lands in the engine's input buffer: rows zero-padded to whole
     // 64-element groups, with their sums (the engine multiplies codes c = t + 1).

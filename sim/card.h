@@ -14,6 +14,7 @@
 // on the worker.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -120,6 +121,10 @@ public:
     Counters counters() const;
     void reset_counters();
 
+    // Fault injection (tests of the host's error handling): the next `count` matmul commands
+    // fail with Error(HW_ERROR) as a card reporting an engine fault would.
+    void inject_fault(int count);
+
     // Read a slot's codes back (for tests and introspection): n*k int8.
     std::vector<int8_t> read_slot(int slot) const;
 
@@ -141,6 +146,7 @@ private:
 
     mutable std::mutex counters_mutex_;
     Counters counters_;
+    std::atomic<int> faults_{0};
 
     std::mutex queue_mutex_;
     std::condition_variable queue_cv_;

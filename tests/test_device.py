@@ -283,3 +283,37 @@ def test_card_memory_capacity_enforced():
         assert e.value.code == ErrorCode.NO_MEMORY
         assert "weight memory" in str(e.value)
         assert bn.matmul(np.ones(4096, np.float32), 0).shape == (4096,)   # earlier slots intact
+
+
+def test_card_fault_puts_device_in_error_and_reset_recovers(dev):
+    dev._dev._inject_fault(1)
+    with pytest.raises(BitNetError) as e:
+        dev.inference([1, 2, 3], max_output=4)
+    assert e.value.code == ErrorCode.HW_ERROR
+    st = dev.status
+    assert st.state == "ERROR" and st.error_code == ErrorCode.HW_ERROR
+    with pytest.raises(BitNetError) as e:
+        dev.inference([1, 2, 3], max_output=4)
+    assert e.value.code == ErrorCode.STATE and "reset()" in str(e.value)
+    dev.reset()
+    assert dev.status.state == "IDLE" and dev.status.error_code == 0
+    assert dev.inference([1, 2, 3], max_output=4, stop_token_ids=[]).shape == (4,)
+
+
+def test_card_fault_during_logits_and_matmul(dev):
+    dev._dev._inject_fault(1)
+    with pytest.raises(BitNetError) as e:
+        dev.logits([1, 2])
+    assert e.value.code == ErrorCode.HW_ERROR
+    assert dev.status.state == "ERROR"
+    with pytest.raises(BitNetError, match="reset"):
+        dev.logits([1, 2])
+    dev.reset()
+    assert dev.logits([1, 2]).shape == (2, 512)
+    slot = dev.load_weights_from_array(np.ones((3, 8), np.int8))
+    dev._dev._inject_fault(1)
+    with pytest.raises(BitNetError) as e:
+        dev.matmul(np.ones(8, np.float32), slot)
+    assert e.value.code == ErrorCode.HW_ERROR and dev.status.state == "ERROR"
+    dev.reset()
+    assert np.allclose(dev.matmul(np.ones(8, np.float32), slot), 8.0)
