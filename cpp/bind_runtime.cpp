@@ -234,6 +234,16 @@ void bind_runtime(py::module_& m) {
               act.K = K;
               act.ldq = kpad;
               act.qsum = qs.data();
+              std::vector<uint8_t> prep;
+              if (k.prepared_size) {
+                  const size_t need = k.prepared_size(act);
+                  if (need > 0) {
+                      prep.resize(need + 64);
+                      uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(prep.data()) + 63) & ~uintptr_t(63));
+                      k.prepare_act(act, aligned);
+                      act.prepared = aligned;
+                  }
+              }
               py::array_t<int32_t> out({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(N)});
               std::fill(out.mutable_data(), out.mutable_data() + B * N, 0);
               k.gemm(slot, act, out.mutable_data(), N, j0, j1);

@@ -265,6 +265,15 @@ void SimCard::run_on_worker(const MatmulCommand& cmd) {
     act.K = K;
     act.ldq = kpad;
     act.qsum = qsum_.data();
+    if (kernels_->prepared_size) {
+        const size_t need = kernels_->prepared_size(act);
+        if (need > 0) {
+            prepared_.resize(need + 64);
+            uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(prepared_.data()) + 63) & ~uintptr_t(63));
+            kernels_->prepare_act(act, aligned);
+            act.prepared = aligned;
+        }
+    }
 
     std::vector<const TernarySlot*> slots;
     std::vector<int64_t> offset;   // where each product's accumulators start in acc_

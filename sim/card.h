@@ -138,6 +138,7 @@ private:
     const KernelTable* kernels_;
     std::vector<int8_t> act_;        // padded activations of the running command (worker only)
     std::vector<int32_t> qsum_;
+    std::vector<uint8_t> prepared_;  // kernel-specific activation layout of the command
     std::vector<int32_t> acc_;
 
     mutable std::mutex slots_mutex_;

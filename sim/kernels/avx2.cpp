@@ -141,7 +141,7 @@ void avx2_dot_i8(const int8_t* rows_, int64_t ld, int64_t n_rows, const int8_t* 
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16, avx2_dot_f32, avx2_dot_i8};
+    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16, avx2_dot_f32, avx2_dot_i8, nullptr, nullptr};
     return table;
 }
 

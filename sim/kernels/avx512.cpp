@@ -232,7 +232,7 @@ void avx512_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t*
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16, avx512_dot_f32, avx512_dot_i8};
+    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16, avx512_dot_f32, avx512_dot_i8, nullptr, nullptr};
     return table;
 }
 

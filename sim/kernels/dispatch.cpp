@@ -38,6 +38,7 @@ std::vector<std::string> available_kernels() {
 #if defined(__x86_64__) || defined(_M_X64)
     if (cpu_has("avx2")) out.push_back("avx2");
     if (cpu_has("avx512")) out.push_back("avx512");
+    if (cpu_has("avx512") && amx_available()) out.push_back("amx");
 #endif
 #if defined(__aarch64__)
     out.push_back("neon");
@@ -53,6 +54,7 @@ const KernelTable& kernels_by_name(const std::string& name) {
 #if defined(__x86_64__) || defined(_M_X64)
         if (name == "avx2") return avx2_kernels();
         if (name == "avx512") return avx512_kernels();
+        if (name == "amx") return amx_kernels();
 #endif
 #if defined(__aarch64__)
         if (name == "neon") return neon_kernels();

@@ -57,6 +57,9 @@ struct ActBatch {
     int64_t K = 0;
     int64_t ldq = 0;
     const int32_t* qsum = nullptr;
+    // Kernel-specific re-arrangement of q made once per command by the kernel's prepare_act
+    // (null if the kernel has none).
+    const void* prepared = nullptr;
 };
 
 // A kernel computes, for rows j in [j0, j1) of the slot and every activation row b:
@@ -72,12 +75,21 @@ struct KernelTable {
     // Exact int8 dot products (the fast output head's scoring pass), values in [-127, 127]:
     // out[r] = sum_i rows[r * ld + i] * x[i].
     void (*dot_i8)(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out);
+    // Optional: re-arrange a command's activations once before gemm runs on many row blocks
+    // (e.g. the AMX tile layout). prepared_size(act) is the bytes needed (0: not needed for
+    // this batch); prepare_act fills a buffer of that size (64-byte aligned), which the caller
+    // then stores in ActBatch::prepared. (The caller owns the buffer: ISA files instantiate
+    // no standard-library templates.)
+    size_t (*prepared_size)(const ActBatch& act);
+    void (*prepare_act)(const ActBatch& act, uint8_t* buf);
 };
 
 const KernelTable& ref_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
 const KernelTable& avx2_kernels();     // avx2.cpp (compiled with -mavx2 -mfma -mf16c)
 const KernelTable& avx512_kernels();   // avx512.cpp (AVX-512 F/BW/VL/VNNI)
+const KernelTable& amx_kernels();      // amx.cpp (AMX-INT8 tiles for batches; AVX-512 otherwise)
+bool amx_available();                  // CPU has AMX-INT8 and the OS granted tile state
 #endif
 #if defined(__aarch64__)
 const KernelTable& neon_kernels();     // neon.cpp

@@ -120,7 +120,7 @@ void ref_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x,
 }  // namespace
 
 const KernelTable& ref_kernels() {
-    static const KernelTable table{"ref", ref_gemm, ref_dot_f16, ref_dot_f32, ref_dot_i8};
+    static const KernelTable table{"ref", ref_gemm, ref_dot_f16, ref_dot_f32, ref_dot_i8, nullptr, nullptr};
     return table;
 }
 
