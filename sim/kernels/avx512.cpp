@@ -16,7 +16,18 @@
 
 namespace bitnet {
 namespace sim {
+
+void avx512_gfni_gemv(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t j0, int64_t j1);  // avx512_gfni.cpp
+
 namespace {
+
+bool has_gfni() {
+    static const bool ok = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("gfni") != 0;
+    }();
+    return ok;
+}
 
 inline __m512i expand_group(const uint8_t* p, __m512i shifts, __m512i mask3) {
     const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -89,6 +100,10 @@ void rows_buffered(const uint8_t* codes, int64_t kpad, const ActBatch& a, int64_
 }
 
 void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
+    if (a.B == 1 && has_gfni()) {
+        avx512_gfni_gemv(s, a, acc, j0, j1);   // ldacc is irrelevant for one row
+        return;
+    }
     if (a.B == 1) {
         // GEMV (decode): 8 rows at a time keep more of the weight stream in flight.
         int64_t j = j0;
