@@ -25,6 +25,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024),
     "medium": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
                    num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
+    # the shape of 1bitLLM/bitnet_b1_58-large (~700M), with 2B-4T's graph (relu2, sub-norms)
+    "700m": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                 num_key_value_heads=16, vocab_size=32002, max_position_embeddings=2048),
     "2b-4t": dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=30, num_attention_heads=20,
                   num_key_value_heads=5, vocab_size=128256, max_position_embeddings=4096),
 }
