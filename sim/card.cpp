@@ -1,6 +1,7 @@
 // card.cpp: the simulated card (see card.h): slots, command worker, cycle model.
 #include "card.h"
 
+#include <algorithm>
 #include <cmath>
 #include <exception>
 #include <future>
@@ -69,6 +70,7 @@ uint64_t matmul_compute_cycles(const BoardProfile& p, int64_t B, int64_t N, int6
 SimCard::SimCard(const BoardProfile& profile, ThreadPool* pool, const KernelTable* kernels)
     : profile_(profile), pool_(pool), kernels_(kernels ? kernels : &select_kernels()) {
     if (!pool_) throw Error(ErrorCode::INVALID, "SimCard needs a thread pool");
+    spin_ = static_cast<unsigned>(pool_->size()) < std::max(1u, std::thread::hardware_concurrency());
     if (!(profile_.clock_mhz > 0) || profile_.lanes <= 0 || profile_.lane_width <= 0 || !(profile_.ddr_gbps > 0) ||
         !(profile_.dma_gbps > 0)) {
         throw Error(ErrorCode::INVALID, "board profile '" + profile_.name +
@@ -89,12 +91,15 @@ SimCard::~SimCard() {
 void SimCard::worker_loop() {
     for (;;) {
         std::function<void()> task;
+        if (spin_)
+            for (int spin = 0; spin < 4000 && pending_.load(std::memory_order_acquire) == 0; ++spin) cpu_relax();
         {
             std::unique_lock<std::mutex> lock(queue_mutex_);
             queue_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
             if (queue_.empty()) return;   // stopping and drained
             task = std::move(queue_.front());
             queue_.pop_front();
+            pending_.fetch_sub(1);
         }
         task();
     }
@@ -103,14 +108,21 @@ void SimCard::worker_loop() {
 void SimCard::execute(std::function<void()> task) {
     std::packaged_task<void()> packaged(std::move(task));
     std::future<void> done = packaged.get_future();
+    auto finished = std::make_shared<std::atomic<bool>>(false);
     {
         std::lock_guard<std::mutex> lock(queue_mutex_);
         if (stopping_) throw Error(ErrorCode::CLOSED, "the card simulator is shutting down");
         // packaged_task is move-only; std::function needs a copyable callable.
         auto holder = std::make_shared<std::packaged_task<void()>>(std::move(packaged));
-        queue_.emplace_back([holder] { (*holder)(); });
+        queue_.emplace_back([holder, finished] {
+            (*holder)();
+            finished->store(true, std::memory_order_release);
+        });
+        pending_.fetch_add(1);
     }
     queue_cv_.notify_one();
+    if (spin_)
+        for (int spin = 0; spin < 4000 && !finished->load(std::memory_order_acquire); ++spin) cpu_relax();
     done.get();   // rethrows anything the task threw
 }
 

@@ -152,6 +152,11 @@ private:
     std::mutex queue_mutex_;
     std::condition_variable queue_cv_;
     std::deque<std::function<void()>> queue_;
+    // With a spare core (pool smaller than the CPU count), the host thread and the card worker
+    // poll briefly for each other instead of sleeping: a wake-up costs tens of microseconds
+    // under a hypervisor, more than most commands of a small model.
+    bool spin_ = false;
+    std::atomic<int> pending_{0};
     bool stopping_ = false;
     std::thread worker_;
 };

@@ -15,6 +15,15 @@
 
 namespace bitnet {
 
+// One polite spin-wait step (PAUSE on x86, YIELD on ARM).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
 class ThreadPool {
 public:
     explicit ThreadPool(int n_threads);
@@ -44,7 +53,7 @@ private:
     std::condition_variable start_cv_, done_cv_;
     std::atomic<uint64_t> generation_{0};
     bool stopping_ = false;
-    int busy_workers_ = 0;
+    std::atomic<int> busy_workers_{0};
 
     // The current call.
     const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
