@@ -100,6 +100,18 @@ def default_device() -> str:
     return "sim"
 
 
+def _wait_interruptibly(job: Any) -> None:
+    """Wait for a job in short slices so that Ctrl-C (KeyboardInterrupt) gets through; on any
+    exception while waiting the job is aborted and waited for before it propagates."""
+    try:
+        while not job.wait(100):
+            pass
+    except BaseException:
+        job.abort()
+        job.wait(-1)
+        raise
+
+
 class BitNet:
     """A BitNet b1.58 accelerator: the FPGA card through its driver, or the simulator.
 
@@ -297,7 +309,7 @@ class BitNet:
             stop_token_ids=stop_token_ids,
         )
         job = self._job
-        job.wait(-1)
+        _wait_interruptibly(job)
         job.rethrow_if_failed()
         return job.tokens()
 
@@ -333,6 +345,9 @@ class BitNet:
         self._check_open()
         timeout_ms = check_count(timeout_ms, "timeout_ms", -1)
         if self._job is None:
+            return True
+        if timeout_ms < 0:
+            _wait_interruptibly(self._job)
             return True
         return bool(self._job.wait(timeout_ms))
 

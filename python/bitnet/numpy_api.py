@@ -156,7 +156,9 @@ def bitnet_batch_inference(
         bn.load_weights(model_path)
         stops = check_stop_tokens(stop, bn._stop_default)
         job = bn._dev.submit(rows, n, t, k, p, s, stops)
-        job.wait(-1)
+        from .core import _wait_interruptibly
+
+        _wait_interruptibly(job)
         job.rethrow_if_failed()
         outs = [job.tokens(i) for i in range(len(rows))]
     width = max((len(o) for o in outs), default=0)

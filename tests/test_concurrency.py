@@ -1,0 +1,132 @@
+"""Concurrency: shared handles, several handles, abort/close during jobs, timeouts, Ctrl-C."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bitnet import BitNet, BitNetError, ErrorCode
+from bitnet.models import make_random_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(make_random_model(tmp_path_factory.mktemp("cc") / "m.gguf", preset="tiny", seed=9))
+
+
+@pytest.fixture(scope="module")
+def expected(model):
+    with BitNet("sim") as bn:
+        bn.load_weights(model)
+        return {p: bn.inference(list(range(1, p + 1)), 6, stop_token_ids=[]).tolist() for p in range(1, 9)}
+
+
+def test_eight_threads_share_one_handle(model, expected):
+    errors, results = [], []
+    with BitNet("sim") as bn:
+        bn.load_weights(model)
+
+        def worker(i):
+            for r in range(100 // 8 + 1):
+                p = (i + r) % 8 + 1
+                try:
+                    out = bn.inference(list(range(1, p + 1)), 6, stop_token_ids=[])
+                    results.append((p, out.tolist()))
+                except BitNetError as e:
+                    if e.code != ErrorCode.BUSY:
+                        errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert results, "every call got BUSY"
+        for p, out in results:
+            assert out == expected[p]
+        assert bn.status.state == "IDLE"
+        assert bn.inference([1, 2], 6, stop_token_ids=[]).tolist() == expected[2]
+
+
+def test_four_handles_one_file(model, expected):
+    outs, errors = {}, []
+
+    def worker(i):
+        try:
+            with BitNet("sim", n_threads=1) as bn:
+                bn.load_weights(model)
+                outs[i] = [bn.inference(list(range(1, p + 1)), 6, stop_token_ids=[]).tolist() for p in range(1, 9)]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        assert outs[i] == [expected[p] for p in range(1, 9)]
+
+
+def test_abort_and_close_during_jobs_repeated(model):
+    for r in range(100):
+        bn = BitNet("sim", n_threads=1 + r % 2)
+        bn.load_weights(model)
+        bn.inference_async([1, 2, 3], 400, stop_token_ids=[])
+        if r % 3 == 0:
+            bn.abort()
+            assert bn.wait(5000)
+            assert bn.status.state == "IDLE"
+        elif r % 3 == 1:
+            assert bn.wait(0) in (False, True)
+        bn.close()          # closes while a job may still run: aborts and joins it
+        with pytest.raises(BitNetError):
+            bn.status
+
+
+def test_wait_timeouts(model):
+    with BitNet("sim") as bn:
+        bn.load_weights(model)
+        bn.inference_async([1, 2, 3], 500, stop_token_ids=[])
+        t0 = time.perf_counter()
+        while not bn.wait(1):
+            assert time.perf_counter() - t0 < 30
+        assert len(bn.get_output()) == 500
+        assert bn.status.state == "IDLE"
+
+
+def test_keyboard_interrupt_during_blocking_inference(model, tmp_path):
+    script = tmp_path / "ctrlc.py"
+    script.write_text(f"""
+import sys, time
+import bitnet
+bn = bitnet.BitNet("sim", n_threads=1)
+bn.load_weights({model!r})
+print("READY", flush=True)
+try:
+    bn.inference([1, 2, 3], max_output=500, stop_token_ids=[])
+    print("FINISHED", flush=True)
+except KeyboardInterrupt:
+    print("INTERRUPTED", bn.status.state, bn.is_busy, len(bn.get_output()), flush=True)
+    out = bn.inference([1, 2], 3, stop_token_ids=[])
+    print("AFTER", len(out), flush=True)
+""")
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "READY"
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    lines = out.strip().splitlines()
+    if lines and lines[0] == "FINISHED":
+        pytest.skip("the job finished before the signal arrived")
+    assert lines[0].startswith("INTERRUPTED IDLE False"), lines
+    assert lines[1] == "AFTER 3"
