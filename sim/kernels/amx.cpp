@@ -156,10 +156,7 @@ void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t lda
 
 bool amx_available() {
     static const bool ok = [] {
-        __builtin_cpu_init();
-        if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8") ||
-            !__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("avx512bw"))
-            return false;
+        if (!cpu_has_amx_int8()) return false;
         // Linux hands out the 8 KiB tile state only on request.
         return ::syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
     }();

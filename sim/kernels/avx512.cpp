@@ -22,10 +22,7 @@ void avx512_gfni_gemv(const TernarySlot& s, const ActBatch& a, int32_t* acc, int
 namespace {
 
 bool has_gfni() {
-    static const bool ok = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("gfni") != 0;
-    }();
+    static const bool ok = cpu_has_gfni();
     return ok;
 }
 

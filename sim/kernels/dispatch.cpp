@@ -1,8 +1,13 @@
 // dispatch.cpp: picks the kernel table at run time from CPU features and $BITNET_KERNEL.
 // One build runs on any CPU of its architecture: ISA-specific files are compiled with their
 // own flags and only entered after the checks below.
+#include <cstdint>
 #include <cstdlib>
 #include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
 
 #include "../../cpp/error.h"
 #include "kernels.h"
@@ -12,26 +17,66 @@ namespace sim {
 
 namespace {
 
+#if defined(__x86_64__) || defined(_M_X64)
+// CPUID + XGETBV feature detection, independent of the compiler's __builtin_cpu_supports
+// (whose feature names differ between GCC and Clang versions).
+struct X86Features {
+    bool avx2 = false, fma = false, f16c = false;
+    bool avx512 = false;   // F, DQ, BW, VL and VNNI, with the OS saving ZMM state
+    bool gfni = false;
+    bool amx_int8 = false; // AMX-TILE + AMX-INT8 in CPUID (the OS permission is asked separately)
+};
+
+X86Features detect() {
+    X86Features f;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool osxsave = (c >> 27) & 1;
+    f.fma = (c >> 12) & 1;
+    f.f16c = (c >> 29) & 1;
+    uint64_t xcr0 = 0;
+    if (osxsave) {
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+    }
+    const bool os_avx = (xcr0 & 0x6) == 0x6;
+    const bool os_avx512 = os_avx && (xcr0 & 0xe0) == 0xe0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+    f.avx2 = os_avx && ((b >> 5) & 1) && f.fma && f.f16c;
+    const bool avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
+    const bool vnni = (c >> 11) & 1;
+    f.avx512 = os_avx512 && f.avx2 && avx512f && avx512dq && avx512bw && avx512vl && vnni;
+    f.gfni = f.avx512 && ((c >> 8) & 1);
+    f.amx_int8 = f.avx512 && ((d >> 24) & 1) && ((d >> 25) & 1);
+    return f;
+}
+
+const X86Features& features() {
+    static const X86Features f = detect();
+    return f;
+}
+#endif
+
 bool cpu_has(const char* what) {
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
     const std::string w(what);
-    if (w == "avx2")
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    if (w == "avx512")
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("f16c");
+#if defined(__x86_64__) || defined(_M_X64)
+    if (w == "avx2") return features().avx2;
+    if (w == "avx512") return features().avx512;
     return false;
 #elif defined(__aarch64__)
-    return std::string(what) == "neon";   // Advanced SIMD is mandatory on AArch64
+    return w == "neon";   // Advanced SIMD is mandatory on AArch64
 #else
-    (void)what;
     return false;
 #endif
 }
 
 }  // namespace
+
+#if defined(__x86_64__) || defined(_M_X64)
+bool cpu_has_gfni() { return features().gfni; }
+bool cpu_has_amx_int8() { return features().amx_int8; }
+#endif
 
 std::vector<std::string> available_kernels() {
     std::vector<std::string> out{"ref"};
