@@ -1073,9 +1073,9 @@ def export(model: nn.Module, path: PathLike, type: str = "tq2_0", *, embed_type:
     from .convert import convert_hf_to_gguf
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a BitNetTransformer or a transformers BitNetForCausalLM, not {type(model).__name__}")
+        raise TypeError(f"model must be a BitNetTransformer or a transformers BitNetForCausalLM, not {model.__class__.__name__}")
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path, not {type(path).__name__}")
+        raise TypeError(f"path must be a file path, not {path.__class__.__name__}")
     with tempfile.TemporaryDirectory(prefix="bitnet-export-") as tmp:
         save_pretrained(model, tmp)
         return Path(convert_hf_to_gguf(tmp, path, type=type, embed_type=embed_type))
@@ -1240,7 +1240,7 @@ def resolve_model_file(model_path: PathLike, *, type: Optional[str] = None, embe
         editing the checkpoint converts it again, loading it again does not.
     """
     if not isinstance(model_path, (str, os.PathLike)):
-        raise TypeError(f"model_path must be a path to a GGUF file or a checkpoint directory, not {type(model_path).__name__}")
+        raise TypeError(f"model_path must be a path to a GGUF file or a checkpoint directory, not {model_path.__class__.__name__}")
     p = Path(model_path)
     if not p.exists():
         raise BitNetFileNotFoundError(
