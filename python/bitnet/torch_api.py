@@ -186,7 +186,7 @@ def _lane_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     outs = []
     for n0 in range(0, n, step):
         bb = b4[..., n0:n0 + step, :, :]
-        acc = torch.zeros(*lead, m, bb.shape[-3], 16, dtype=torch.float32)
+        acc = torch.zeros(*lead, m, bb.shape[-3], 16, dtype=torch.float32, device=a.device)
         for j in range(c):
             acc = acc + a4[..., :, None, j, :] * bb[..., None, :, j, :]
         for w in (8, 4, 2, 1):
@@ -326,11 +326,11 @@ def _attention_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     mx = scores.amax(dim=-1, keepdim=True)
     e = _expf(scores - mx)
     t_len = k.shape[-2]
-    total = torch.zeros(e.shape[:-1], dtype=torch.float32)
+    total = torch.zeros(e.shape[:-1], dtype=torch.float32, device=e.device)
     for t in range(t_len):
         total = total + e[..., t]
     p = e / total[..., None]
-    o = torch.zeros(q.shape, dtype=torch.float32)
+    o = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     for t in range(t_len):
         o = o + p[..., t, None] * v[..., None, t, :]
     return o
