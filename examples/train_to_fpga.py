@@ -16,7 +16,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from bitnet import BitNet, BitNetForCausalLM, BitNetTransformer, export

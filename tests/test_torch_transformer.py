@@ -5,8 +5,6 @@ export from transformers' BitNetForCausalLM.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -43,15 +43,15 @@ import math
 import numbers
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from ._tokens import check_count, check_sampling, check_stop_tokens
 from .core import BitNet
-from .errors import BitNetError, BitNetFileNotFoundError, BitNetValueError, ErrorCode
+from .errors import BitNetFileNotFoundError, BitNetValueError, ErrorCode
 
 __all__ = [
     "BitLinear",
@@ -1188,7 +1188,9 @@ def to_device(module: nn.Module, device: Union[None, str, BitNet] = None) -> nn.
         if name in skip:
             continue
         inner = mod.inner if isinstance(mod, DeviceBitLinear) else mod
-        module.set_submodule(name, DeviceBitLinear(inner, bn))
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, DeviceBitLinear(inner, bn))      # also works inside Sequential/ModuleList
     return module
 
 
@@ -1509,7 +1511,9 @@ class BitNetForCausalLM(BitNetModule):
             raise
         return model.eval()
 
-    def forward(self, input_ids: Any, attention_mask: Any = None, labels: Any = None, **kwargs: Any) -> CausalLMOutput:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, input_ids: Any, attention_mask: Any = None, labels: Any = None, **kwargs: Any
+    ) -> CausalLMOutput:
         """Logits of one forward pass per row (from an empty cache), as Hugging Face returns them.
 
         Parameters
