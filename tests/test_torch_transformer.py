@@ -346,3 +346,44 @@ def test_export_hf_model_equals_converting_its_checkpoint(ckpt, gguf_file, name,
         bn.load_weights(ref_path)
         ref = bn.logits(prompt)
     assert np.array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("name", ["gqa64", "bitlinear", "master"])
+def test_from_pretrained_hf_checkpoint_computes_the_checkpoint(ckpt, name, tmp_path, record_property):
+    """Start from a Hugging Face BitNet checkpoint (directory or transformers model): the
+    BitNetTransformer computes what the converted file computes on the simulator, keeps doing so
+    after fine-tuning and export."""
+    import hf_models as hm
+    from bitnet.convert import convert_hf_to_gguf
+
+    d = ckpt(name)
+    from_dir = BitNetTransformer.from_pretrained(d)
+    from_model = BitNetTransformer.from_pretrained(hm._load_hf_model(d))
+    ref_path = convert_hf_to_gguf(d, tmp_path / "ref.gguf", embed_type="f32")
+    prompt = [hm.BOS_ID, 17, 300, 42, 5, 77, 9, 256]
+    with BitNet("sim") as bn:
+        bn.load_weights(ref_path)
+        want = bn.logits(prompt)
+    with torch.no_grad():
+        a = from_dir(torch.tensor(prompt)).logits.numpy()
+        b = from_model(torch.tensor(prompt)).logits.numpy()
+    diff = max(float(np.abs(a - want).max()), float(np.abs(b - want).max()))
+    record_property("from_pretrained", f"{name}: max |torch - sim| = {diff:.3g}")
+    assert diff <= LOGIT_TOL
+    for t_dir, t_model in zip(from_dir.state_dict().values(), from_model.state_dict().values()):
+        assert torch.equal(t_dir, t_model)
+    # fine-tune one step, export, and the simulator still follows PyTorch
+    from_dir.train()
+    opt = torch.optim.SGD(from_dir.parameters(), lr=0.05)
+    ids = torch.tensor([prompt])
+    loss = from_dir(ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    from_dir.eval()
+    path = export(from_dir, tmp_path / "tuned.gguf")
+    with BitNet("sim") as bn:
+        bn.load_weights(path)
+        got = bn.logits(prompt)
+    with torch.no_grad():
+        tuned = from_dir(torch.tensor(prompt)).logits.numpy()
+    assert np.abs(got - tuned).max() <= LOGIT_TOL and np.abs(tuned - want).max() > 0

@@ -919,6 +919,43 @@ class BitNetTransformer(nn.Module):
         """Write the model as a Hugging Face packed BitNet checkpoint (see :func:`save_pretrained`)."""
         return save_pretrained(self, directory)
 
+    @classmethod
+    def from_pretrained(cls, source: Union[PathLike, nn.Module]) -> "BitNetTransformer":
+        """A BitNetTransformer holding a Hugging Face BitNet model, to fine-tune or to compare.
+
+        Parameters
+        ----------
+        source : path or transformers.BitNetForCausalLM
+            A checkpoint directory (``config.json`` + ``*.safetensors``: packed codes with
+            ``weight_scale`` in either convention, or float master weights; read with
+            :mod:`bitnet.convert`'s reader, transformers is not needed), or a loaded model.
+
+        Returns
+        -------
+        BitNetTransformer
+            In eval mode. Master weights are loaded as they are. A packed projection ``(t, beta)``
+            becomes the master weight ``W = t * beta / m`` (``m`` = fraction of non-zero codes),
+            whose absmean ternarisation gives back exactly ``t`` and ``beta``: the model computes
+            what the checkpoint computes, and training continues from there.
+        """
+        if isinstance(source, nn.Module):
+            cfg, tensors, ternary = _load_from_hf_model(source)
+        elif isinstance(source, (str, os.PathLike)):
+            cfg, tensors, ternary = _load_from_hf_dir(Path(source))
+        else:
+            raise TypeError(f"source must be a checkpoint directory or a transformers BitNetForCausalLM, "
+                            f"not {source.__class__.__name__}")
+        model = cls(cfg)
+        state = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()}
+        for stem, (t, beta) in ternary.items():
+            state[stem + ".weight"] = torch.from_numpy(_master_from_ternary(t, beta))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        unexpected = [k for k in unexpected if k != "lm_head.weight" or model.lm_head is not None]
+        if missing or unexpected:
+            raise _invalid(f"the checkpoint does not match a BitNet model of its config: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+        return model.eval()
+
 
 # =============================================================================================
 # Export: HF packed checkpoint, then bitnet.convert
@@ -1015,6 +1052,85 @@ def _checkpoint_of(model: nn.Module) -> Tuple[Dict[str, Any], Dict[str, np.ndarr
             raise _invalid(f"state_dict entry {name!r} ({getattr(value, 'dtype', type(value))}) is not part of a BitNet model")
         tensors[name] = np.ascontiguousarray(value.detach().to(torch.float32).cpu().numpy())
     return cfg, tensors
+
+
+def _master_from_ternary(t: np.ndarray, beta: float) -> np.ndarray:
+    """A float master weight whose absmean ternarisation is exactly ``(t, beta)``.
+
+    ``W = t * w`` with ``w = beta / m`` (``m`` = fraction of non-zero codes), so that
+    ``mean|W| ~ beta`` and ``round(W / beta) = round(t / m)`` clamps back to ``t``; one element
+    absorbs the rounding left over, so that the fp32 mean is exactly ``beta``.
+    """
+    t = np.asarray(t, dtype=np.int8)
+    beta32 = np.float32(beta)
+    nz = np.flatnonzero(t)
+    if nz.size == 0:
+        return np.zeros(t.shape, dtype=np.float32)
+    w = np.float32(float(beta32) * t.size / nz.size)
+    master = t.astype(np.float32) * w
+    flat = master.reshape(-1)
+    e = int(nz[0])
+    base = np.float32(w + (float(beta32) * t.size - float(w) * nz.size))      # the leftover on one element
+    for k in range(8):
+        for cand in {np.float32(base + np.float32(k) * np.spacing(base)), np.float32(base - np.float32(k) * np.spacing(base))}:
+            flat[e] = np.float32(np.sign(t.reshape(-1)[e])) * cand
+            t2, beta2 = absmean_ternary(torch.from_numpy(master))
+            if np.float32(beta2) == beta32 and np.array_equal(t2.numpy(), t):
+                return master
+    logger.warning("ternary weight with beta=%g re-quantises to beta=%g", float(beta32), beta2)  # pragma: no cover
+    return master
+
+
+def _load_from_hf_dir(path: Path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], Dict[str, Tuple[np.ndarray, float]]]:
+    from .convert import _NORM_ALIASES, _Checkpoint, _read_spec, _read_ternary
+
+    if not path.is_dir():
+        raise BitNetFileNotFoundError(ErrorCode.FILE, f"{path}: not a checkpoint directory (it does not exist or is a file)")
+    spec, cfg, _ = _read_spec(path)
+    ck = _Checkpoint(path)
+    q_out, kv_out = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
+    shapes = {"self_attn.q_proj": (q_out, spec.hidden), "self_attn.k_proj": (kv_out, spec.hidden),
+              "self_attn.v_proj": (kv_out, spec.hidden), "self_attn.o_proj": (spec.hidden, q_out),
+              "mlp.gate_proj": (spec.ffn, spec.hidden), "mlp.up_proj": (spec.ffn, spec.hidden),
+              "mlp.down_proj": (spec.hidden, spec.ffn)}
+    ternary: Dict[str, Tuple[np.ndarray, float]] = {}
+    for i in range(spec.layers):
+        for proj, (n_out, n_in) in shapes.items():
+            stem = f"model.layers.{i}.{proj}"
+            if ck.ref(stem + ".weight").dtype == "U8":
+                w, _ = _read_ternary(ck, spec, stem, n_out, n_in)
+                ternary[stem] = (w.t, w.beta)
+    aliases = {f"model.layers.{i}.{alias}.weight": f"model.layers.{i}.{name}.weight"
+               for i in range(spec.layers) for name, alts in _NORM_ALIASES.items() for alias in alts}
+    tensors: Dict[str, np.ndarray] = {}
+    for name in ck.tensors:
+        if name.endswith(".weight_scale") or name.endswith(".rotary_emb.inv_freq"):
+            continue
+        if name.endswith(".weight") and name[: -len(".weight")] in ternary:
+            continue
+        tensors[aliases.get(name, name)] = ck.read(name).astype(np.float32)
+    return cfg, tensors, ternary
+
+
+def _load_from_hf_model(model: nn.Module) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], Dict[str, Tuple[np.ndarray, float]]]:
+    hf_cfg = getattr(model, "config", None)
+    if hf_cfg is None or getattr(hf_cfg, "model_type", None) != "bitnet" or not hasattr(hf_cfg, "to_dict"):
+        raise TypeError(f"expected a transformers BitNetForCausalLM (config.model_type 'bitnet'), not {model.__class__.__name__}")
+    layers = _hf_layers(model)
+    ternary: Dict[str, Tuple[np.ndarray, float]] = {}
+    for i, layer in enumerate(layers):
+        for p in _PROJ_NAMES:
+            stem = f"model.layers.{i}.{p}"
+            mod = layer.get_submodule(p)
+            w = getattr(mod, "weight", None)
+            packed = isinstance(w, torch.Tensor) and (
+                w.dtype == torch.uint8 or getattr(mod, "online_quant", True) is False)
+            if packed:                     # float master weights (online quantisation) load as they are
+                ternary[stem] = _module_ternary(mod, stem)
+    prefixes = tuple(s + "." for s in ternary)
+    tensors = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()
+               if not k.startswith(prefixes) and v.is_floating_point() and not k.endswith("rotary_emb.inv_freq")}
+    return hf_cfg.to_dict(), tensors, ternary
 
 
 def save_pretrained(model: nn.Module, directory: PathLike) -> Path:
