@@ -5,16 +5,17 @@ What lives here, top to bottom:
 
 * **Numerics in torch** (docs/NUMERICS.md): per-token absmax int8 activations, absmean ternary
   weights, the card's exact integer accumulation and ``y = (acc / s_x) * beta``, and the host
-  side of the transformer in the engine's float order (RMSNorm mean in double, RoPE tables
-  from the C library's ``powf``/``cosf``/``sinf``, attention scores as 16-lane ordered fp32
-  dots, softmax sums and ``P V`` in position order, the output head as an ordered dot). A
-  model in eval mode therefore computes the same numbers as the simulator, not just similar
-  ones.
+  side of the transformer in the engine's float order (RMSNorm mean summed in double, RoPE
+  tables from the C library's ``powf``/``cosf``/``sinf``, glibc's ``expf`` reproduced bit for
+  bit, correctly rounded ``sqrtf``, attention scores as 16-lane ordered fp32 dots, softmax sums
+  and ``P V`` in position order, the output head as an ordered dot). A model in eval mode
+  therefore computes the same numbers as the simulator, not just similar ones.
 * :class:`BitLinear`: training mode quantises weights (absmean ternary) and activations
   (per-token absmax int8) with straight-through gradients; eval mode is the card.
 * :class:`BitNetTransformer`: BitNet b1.58 (sub-norms, squared ReLU or SiLU, GQA, NeoX RoPE,
   tied embeddings) built from BitLinear; its state-dict names are those of Hugging Face
-  ``BitNetForCausalLM`` and its config takes a ``transformers.BitNetConfig``.
+  ``BitNetForCausalLM``, its config takes a ``transformers.BitNetConfig``, and
+  ``from_pretrained`` starts it from a Hugging Face BitNet checkpoint.
 * :func:`export`: a BitNetTransformer or a Hugging Face ``BitNetForCausalLM`` to a GGUF model
   file, through a temporary packed HF checkpoint and :func:`bitnet.convert.convert_hf_to_gguf`.
 * :func:`to_device`: every BitLinear of any module tree runs its eval matmul on a
