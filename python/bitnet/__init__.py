@@ -18,6 +18,30 @@ from .numpy_api import (
 
 __version__ = "0.1.0"
 
+# PyTorch glue (bitnet.torch_api), loaded on first use so that `import bitnet` never imports
+# torch. Without torch, using one of these names raises ImportError naming the extra.
+_TORCH_NAMES = frozenset({
+    "BitNetModule",
+    "BitNetForCausalLM",
+    "BitLinear",
+    "BitNetTransformer",
+    "BitNetTransformerConfig",
+    "export",
+    "to_device",
+})
+
+
+def __getattr__(name: str):
+    if name in _TORCH_NAMES:
+        from . import torch_api   # raises ImportError('... pip install "bitnet[torch]"') without torch
+
+        return getattr(torch_api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _TORCH_NAMES)
+
 __all__ = [
     "BitNet",
     "BitNetError",
