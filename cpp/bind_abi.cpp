@@ -287,11 +287,13 @@ void bind_abi(py::module_& m) {
     py::class_<EmuHandle, std::shared_ptr<EmuHandle>>(
         m, "_DriverEmu", "The emulated card driver (sim/driver_emu.h) with raw syscall access, for tests.")
         .def(py::init([](const std::string& profile, uint64_t input_size, uint64_t output_size, uint64_t weight_size,
-                         int64_t timeout_ms, uint32_t max_rows, uint32_t max_slots, int n_threads) {
+                         int64_t timeout_ms, uint32_t max_rows, uint32_t max_slots, int n_threads,
+                         uint64_t weight_capacity) {
                  auto h = std::make_shared<EmuHandle>();
                  h->pool = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : 1);
                  sim::DriverEmuConfig cfg;
                  cfg.profile = sim::board_profile(profile);
+                 if (weight_capacity) cfg.profile.weight_capacity = weight_capacity;
                  cfg.input_size = input_size;
                  cfg.output_size = output_size;
                  cfg.weight_size = weight_size;
@@ -304,7 +306,7 @@ void bind_abi(py::module_& m) {
              py::arg("profile") = "vibee-zcu104", py::arg("input_size") = BITNET_INPUT_DEFAULT_SIZE,
              py::arg("output_size") = BITNET_OUTPUT_DEFAULT_SIZE, py::arg("weight_size") = BITNET_WEIGHT_DEFAULT_SIZE,
              py::arg("timeout_ms") = 30000, py::arg("max_rows") = 4096, py::arg("max_slots") = 65536,
-             py::arg("n_threads") = 1)
+             py::arg("n_threads") = 1, py::arg("weight_capacity") = 0)
         .def_property_readonly("node", [](const EmuHandle& h) { return h.emu->config().node; })
         .def("open",
              [](EmuHandle& h, const std::string& path) {
