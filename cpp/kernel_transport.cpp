@@ -149,7 +149,7 @@ public:
         fault(BITNET_FAULT_HANG, 1);
         return true;
     }
-    void set_timeout_ms(int64_t ms) override { timeout_ms_.store(ms > 0 ? ms : 30000); }
+    void set_timeout_ms(int64_t ms) override { timeout_ms_.store(ms > 0 ? std::min<int64_t>(ms, int64_t{1} << 40) : 30000); }
 
 private:
     void open_card();
@@ -444,7 +444,7 @@ void KernelTransport::wait_done() {
         p.fd = fd_;
         p.events = POLLIN;
         p.revents = 0;
-        const int r = sys_->poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+        const int r = sys_->poll(&p, 1, static_cast<int>(std::min<int64_t>(std::max<int64_t>(left.count(), 0), INT32_MAX)));
         if (r < 0) {
             const int err = errno;
             if (err == EINTR) continue;
