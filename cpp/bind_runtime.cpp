@@ -76,10 +76,43 @@ void bind_runtime(py::module_& m) {
         .def("rethrow_if_failed", &Job::rethrow_if_failed);
 
     py::class_<Device>(m, "Device", "A BitNet card (simulated or real) with its loaded model.")
-        .def(py::init([](const std::string& spec, const std::string& profile, int n_threads) {
-                 return std::make_unique<Device>(spec, sim::board_profile(profile), n_threads);
+        .def(py::init([](const std::string& spec, const std::string& profile, int n_threads, py::object clock_mhz,
+                         py::object lanes, py::object lane_width, py::object ddr_gbps, py::object dma_gbps,
+                         py::object emu) {
+                 // A named board profile, optionally with custom cycle-model parameters.
+                 sim::BoardProfile p = sim::board_profile(profile);
+                 bool custom = false;
+                 auto set = [&](const py::object& v, auto& field) {
+                     if (v.is_none()) return;
+                     field = v.cast<std::remove_reference_t<decltype(field)>>();
+                     custom = true;
+                 };
+                 set(clock_mhz, p.clock_mhz);
+                 set(lanes, p.lanes);
+                 set(lane_width, p.lane_width);
+                 set(ddr_gbps, p.ddr_gbps);
+                 set(dma_gbps, p.dma_gbps);
+                 if (custom) p.name += "+custom";
+                 sim::validate_profile(p);
+                 EmulatedDriverOptions eo;
+                 if (!emu.is_none()) {
+                     const py::dict d = emu.cast<py::dict>();
+                     for (auto item : d) {
+                         const std::string key = item.first.cast<std::string>();
+                         if (key == "input_size") eo.input_size = item.second.cast<uint64_t>();
+                         else if (key == "output_size") eo.output_size = item.second.cast<uint64_t>();
+                         else if (key == "weight_size") eo.weight_size = item.second.cast<uint64_t>();
+                         else if (key == "max_rows") eo.max_rows = item.second.cast<uint32_t>();
+                         else if (key == "max_ops") eo.max_ops = item.second.cast<uint32_t>();
+                         else throw Error(ErrorCode::INVALID, "unknown emulated-driver option '" + key + "'");
+                     }
+                 }
+                 py::gil_scoped_release nogil;
+                 return std::make_unique<Device>(spec, p, n_threads, eo);
              }),
-             py::arg("spec") = "sim", py::arg("profile") = "vibee-zcu104", py::arg("n_threads") = 0)
+             py::arg("spec") = "sim", py::arg("profile") = "vibee-zcu104", py::arg("n_threads") = 0,
+             py::arg("clock_mhz") = py::none(), py::arg("lanes") = py::none(), py::arg("lane_width") = py::none(),
+             py::arg("ddr_gbps") = py::none(), py::arg("dma_gbps") = py::none(), py::arg("emu") = py::none())
         .def_property_readonly("n_threads", &Device::n_threads)
         .def_property_readonly("spec", &Device::spec)
         .def_property_readonly("closed", &Device::closed)
@@ -149,11 +182,22 @@ void bind_runtime(py::module_& m) {
                  r["dma_bytes"] = p.counters.dma_bytes;
                  r["weight_bytes_read"] = p.counters.weight_bytes_read;
                  r["clock_mhz"] = p.clock_mhz;
+                 r["counters_source"] = p.counters_modeled ? "cycle model" : "hardware";
                  r["inference_count"] = p.inference_count;
                  r["tokens_generated"] = p.tokens_generated;
                  r["tokens_prefilled"] = p.tokens_prefilled;
                  r["tokens_per_second"] = p.tokens_per_second;
                  r["last_job_seconds"] = p.last_job_seconds;
+                 // Card time (cycles / clock) beside host wall time, named apart.
+                 const double hz = p.clock_mhz * 1e6;
+                 r["card_seconds_total"] = hz > 0 ? static_cast<double>(p.counters.total_cycles) / hz : 0.0;
+                 r["last_job_card_cycles"] = p.last_job_card_cycles;
+                 const double card_s = hz > 0 ? static_cast<double>(p.last_job_card_cycles) / hz : 0.0;
+                 r["last_job_card_seconds"] = card_s;
+                 r["last_job_host_seconds"] = p.last_job_seconds;
+                 r["host_tokens_per_second"] = p.tokens_per_second;
+                 r["last_job_tokens"] = p.last_job_tokens;
+                 r["card_tokens_per_second"] = card_s > 0 ? static_cast<double>(p.last_job_tokens) / card_s : 0.0;
                  r["head_calls"] = p.head_calls;
                  r["head_rescored"] = p.head_rescored;
                  return r;
@@ -172,6 +216,9 @@ void bind_runtime(py::module_& m) {
                  r["lane_width"] = p.lane_width;
                  r["ddr_gbps"] = p.ddr_gbps;
                  r["dma_gbps"] = p.dma_gbps;
+                 r["dma_setup_cycles"] = p.dma_setup_cycles;
+                 r["pipeline_cycles"] = p.pipeline_cycles;
+                 r["counters"] = t.counters_modeled() ? "cycle model" : "hardware";
                  r["weight_capacity"] = t.weight_capacity();
                  r["weight_used"] = t.weight_used();
                  return r;
@@ -206,6 +253,13 @@ void bind_runtime(py::module_& m) {
              },
              py::arg("layer_id"), py::arg("x"), py::arg("return_acc") = false)
         .def("_inject_fault", [](Device& d, int count) { d.transport().inject_fault(count); }, py::arg("count") = 1)
+        .def("_inject_hang",
+             [](Device& d) {
+                 if (!d.transport().inject_hang())
+                     throw Error(ErrorCode::INVALID, "the " + d.transport().name() + " transport cannot simulate a hung card");
+             })
+        .def("_set_card_timeout_ms", [](Device& d, int64_t ms) { d.transport().set_timeout_ms(ms); }, py::arg("ms"))
+        .def("_reset_counters", [](Device& d) { d.transport().reset_counters(); })
         .def("abort", &Device::abort)
         .def("reset", &Device::reset, py::call_guard<py::gil_scoped_release>());
 

@@ -54,4 +54,5 @@ PYBIND11_MODULE(_core, m) {
 
     bitnet::bind_gguf(m);
     bitnet::bind_runtime(m);
+    bitnet::bind_abi(m);
 }

@@ -1,14 +1,14 @@
 // device.cpp: Device and Job (see device.h).
 #include "device.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cerrno>
 #include <cstring>
 
+#include "../sim/driver_emu.h"
 #include "log.h"
+#include "syscalls.h"
 
 namespace bitnet {
 
@@ -115,23 +115,26 @@ void Job::rethrow_if_failed() const {
 
 // --------------------------------------------------------------------------------- Device
 
-Device::Device(const std::string& spec, const sim::BoardProfile& profile, int n_threads) : spec_(spec) {
+Device::Device(const std::string& spec, const sim::BoardProfile& profile, int n_threads, const EmulatedDriverOptions& emu)
+    : spec_(spec) {
     pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : ThreadPool::default_threads());
     if (spec == "sim") {
         transport_ = make_sim_transport(profile, pool_.get());
+    } else if (spec == "sim+ioctl") {
+        sim::DriverEmuConfig cfg;
+        cfg.profile = profile;
+        if (emu.input_size) cfg.input_size = emu.input_size;
+        if (emu.output_size) cfg.output_size = emu.output_size;
+        if (emu.weight_size) cfg.weight_size = emu.weight_size;
+        if (emu.max_rows) cfg.max_rows = emu.max_rows;
+        if (emu.max_ops) cfg.max_ops = emu.max_ops;
+        auto driver = std::make_shared<sim::DriverEmu>(cfg, pool_.get());
+        transport_ = make_kernel_transport(driver, cfg.node, spec);
     } else if (spec.rfind("/dev/", 0) == 0) {
-        struct stat st;
-        if (::stat(spec.c_str(), &st) != 0) {
-            const int err = errno;
-            throw Error(ErrorCode::OPEN, "cannot open " + spec + ": " + std::strerror(err) +
-                                             ". No BitNet card is present at that path; use device=\"sim\" for the "
-                                             "simulator");
-        }
-        throw Error(ErrorCode::OPEN, "cannot open " + spec +
-                                         ": the kernel-driver transport is not available in this build yet; use "
-                                         "device=\"sim\"");
+        transport_ = make_kernel_transport(real_syscalls(), spec, spec);
     } else {
-        throw Error(ErrorCode::INVALID, "unknown device '" + spec + "': use \"sim\" or a card node such as \"/dev/bitnet0\"");
+        throw Error(ErrorCode::INVALID, "unknown device '" + spec +
+                                            "': use \"sim\", \"sim+ioctl\" or a card node such as \"/dev/bitnet0\"");
     }
 }
 
@@ -286,6 +289,11 @@ std::shared_ptr<Job> Device::submit(const GenerateRequest& req) {
 
 void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
     const auto t0 = std::chrono::steady_clock::now();
+    uint64_t cycles0 = 0;
+    try {
+        cycles0 = transport_->counters().total_cycles;
+    } catch (...) {
+    }
     std::string reason = "length";
     std::exception_ptr error;
     int64_t generated = 0;
@@ -419,8 +427,15 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
         state_.store(static_cast<int>(DeviceState::ERROR));
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    uint64_t cycles1 = cycles0;
+    try {
+        cycles1 = transport_->counters().total_cycles;
+    } catch (...) {
+    }
     {
         std::lock_guard<std::mutex> lock(perf_mu_);
+        perf_.last_job_card_cycles = cycles1 >= cycles0 ? cycles1 - cycles0 : 0;
+        perf_.last_job_tokens = static_cast<uint64_t>(generated);
         perf_.inference_count += 1;
         perf_.tokens_generated += static_cast<uint64_t>(generated);
         perf_.tokens_prefilled += prefilled;
@@ -572,6 +587,7 @@ DevicePerf Device::perf() const {
         }
     }
     p.clock_mhz = transport_->profile().clock_mhz;
+    p.counters_modeled = transport_->counters_modeled();
     return p;
 }
 

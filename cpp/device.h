@@ -37,6 +37,9 @@ struct DeviceStatus {
 struct DevicePerf {
     Counters counters;                 // the card's cycle counters (modeled on sim)
     double clock_mhz = 0;              // the board clock the counters count
+    bool counters_modeled = true;      // counters from the cycle model (sim) or a card's clock
+    uint64_t last_job_card_cycles = 0; // card cycles (total) spent during the last job
+    uint64_t last_job_tokens = 0;      // tokens the last job generated
     uint64_t inference_count = 0;      // generation jobs finished (including aborted ones)
     uint64_t tokens_generated = 0;     // over all jobs
     uint64_t tokens_prefilled = 0;     // prompt tokens over all jobs
@@ -90,11 +93,24 @@ private:
     std::atomic<bool> abort_{false};
 };
 
+// Options of the "sim+ioctl" device's emulated driver; 0 keeps sim::DriverEmuConfig's default
+// (VIBEE's 64/64/128 MB buffer). Small regions make the kernel transport split commands.
+struct EmulatedDriverOptions {
+    uint64_t input_size = 0;
+    uint64_t output_size = 0;
+    uint64_t weight_size = 0;
+    uint32_t max_rows = 0;
+    uint32_t max_ops = 0;
+};
+
 class Device {
 public:
-    // spec: "sim" (the simulator), or "/dev/bitnetN" (a card through its driver).
+    // spec: "sim" (the simulator, called directly), "sim+ioctl" (the kernel transport over the
+    // emulated driver of the simulator), or "/dev/bitnetN" (a card through its driver; the
+    // profile then comes from the card and `profile` is not used).
     // n_threads <= 0: ThreadPool::default_threads() ($BITNET_NUM_THREADS or all CPUs).
-    Device(const std::string& spec, const sim::BoardProfile& profile, int n_threads = 0);
+    Device(const std::string& spec, const sim::BoardProfile& profile, int n_threads = 0,
+           const EmulatedDriverOptions& emu = EmulatedDriverOptions());
     int n_threads() const { return pool_->size(); }
     ~Device();
     Device(const Device&) = delete;

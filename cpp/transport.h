@@ -41,11 +41,27 @@ public:
 
     virtual Counters counters() const = 0;
     virtual void reset_counters() = 0;
-    // Test hook: make the next `count` matmul commands fail as a faulting card would.
+    // True when the counters come from the cycle model (simulator, emulated driver), false
+    // for a real card's hardware counters.
+    virtual bool counters_modeled() const { return true; }
+
+    // Test hooks. inject_fault: the next `count` matmul commands fail as a faulting card's
+    // would. inject_hang: the next command never finishes on its own (false: this transport
+    // cannot do that). set_timeout_ms: how long run() waits for the card.
     virtual void inject_fault(int count) = 0;
+    virtual bool inject_hang() { return false; }
+    virtual void set_timeout_ms(int64_t ms) { (void)ms; }
 };
 
 // The in-process simulator transport.
 std::unique_ptr<Transport> make_sim_transport(const sim::BoardProfile& profile, ThreadPool* pool);
+
+// The kernel transport: the ioctl/mmap/poll protocol of docs/DEVICE_ABI.md to the card node
+// `path`, through `sys` (real_syscalls() for /dev/bitnetN, sim::DriverEmu for "sim+ioctl").
+// `name` is what name() reports. Throws Error(OPEN) when the node cannot be opened or is not
+// a card speaking ABI 2, Error(MMAP) when its DMA buffer cannot be mapped.
+class Syscalls;
+std::unique_ptr<Transport> make_kernel_transport(std::shared_ptr<Syscalls> sys, const std::string& path,
+                                                 const std::string& name);
 
 }  // namespace bitnet

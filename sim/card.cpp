@@ -50,6 +50,20 @@ BoardProfile board_profile(const std::string& name) {
 
 std::vector<std::string> board_profile_names() { return {"vibee-zcu104", "vibee-vcu118", "kv260"}; }
 
+void validate_profile(const BoardProfile& p) {
+    auto bad = [&](const std::string& what) {
+        throw Error(ErrorCode::INVALID, "board profile '" + p.name + "': " + what);
+    };
+    // Written as !(in range) so NaN fails too.
+    if (!(p.clock_mhz > 0 && p.clock_mhz <= 10000)) bad("clock_mhz must be in (0, 10000], got " + std::to_string(p.clock_mhz));
+    if (p.lanes < 1 || p.lanes > 65536) bad("lanes must be in [1, 65536], got " + std::to_string(p.lanes));
+    if (p.lane_width < 1 || p.lane_width > 4096) bad("lane_width must be in [1, 4096], got " + std::to_string(p.lane_width));
+    if (!(p.ddr_gbps > 0 && p.ddr_gbps <= 100000)) bad("ddr_gbps must be in (0, 100000], got " + std::to_string(p.ddr_gbps));
+    if (!(p.dma_gbps > 0 && p.dma_gbps <= 100000)) bad("dma_gbps must be in (0, 100000], got " + std::to_string(p.dma_gbps));
+    if (p.dma_setup_cycles > (1u << 30) || p.pipeline_cycles > (1u << 30)) bad("setup/pipeline cycles out of range");
+    if (p.weight_capacity == 0) bad("weight_capacity must be > 0");
+}
+
 uint64_t dma_cycles_for(const BoardProfile& p, uint64_t bytes) {
     return p.dma_setup_cycles + static_cast<uint64_t>(std::ceil(static_cast<double>(bytes) / p.dma_bytes_per_cycle()));
 }
@@ -67,15 +81,33 @@ uint64_t matmul_compute_cycles(const BoardProfile& p, int64_t B, int64_t N, int6
     return std::max(mac_cycles, stream_cycles) + p.pipeline_cycles;
 }
 
+Counters matmul_command_cost(const BoardProfile& p, int64_t B, int64_t K, const std::vector<int64_t>& N) {
+    // One DMA transfer brings the activations and their scales in (B*K + 4*B bytes); each
+    // product streams its slot once from weight memory, computes, and sends its fp32 results
+    // back in a transfer of its own (B*N*4 bytes).
+    Counters c;
+    const uint64_t in_bytes = static_cast<uint64_t>(B * K + 4 * B);
+    c.dma_cycles = dma_cycles_for(p, in_bytes);
+    c.dma_bytes = in_bytes;
+    for (const int64_t n : N) {
+        const uint64_t out_bytes = static_cast<uint64_t>(B * n * 4);
+        c.compute_cycles += matmul_compute_cycles(p, B, n, K);
+        c.dma_cycles += dma_cycles_for(p, out_bytes);
+        c.dma_bytes += out_bytes;
+        c.macs += static_cast<uint64_t>(B * n * K);
+        c.weight_bytes_read += static_cast<uint64_t>(n) * static_cast<uint64_t>(slot_row_bytes(K));
+    }
+    c.total_cycles = c.dma_cycles + c.compute_cycles;
+    c.commands = 1;
+    c.matmuls = N.size();
+    return c;
+}
+
 SimCard::SimCard(const BoardProfile& profile, ThreadPool* pool, const KernelTable* kernels)
     : profile_(profile), pool_(pool), kernels_(kernels ? kernels : &select_kernels()) {
     if (!pool_) throw Error(ErrorCode::INVALID, "SimCard needs a thread pool");
     spin_ = static_cast<unsigned>(pool_->size()) < std::max(1u, std::thread::hardware_concurrency());
-    if (!(profile_.clock_mhz > 0) || profile_.lanes <= 0 || profile_.lane_width <= 0 || !(profile_.ddr_gbps > 0) ||
-        !(profile_.dma_gbps > 0)) {
-        throw Error(ErrorCode::INVALID, "board profile '" + profile_.name +
-                                            "': clock_mhz, lanes, lane_width, ddr_gbps and dma_gbps must be positive");
-    }
+    validate_profile(profile_);
     worker_ = std::thread([this] { worker_loop(); });
 }
 
@@ -327,27 +359,22 @@ void SimCard::run_on_worker(const MatmulCommand& cmd) {
         }
     });
 
-    uint64_t dma = dma_cycles_for(profile_, static_cast<uint64_t>(B * K + 4 * B));
-    uint64_t dma_bytes = static_cast<uint64_t>(B * K + 4 * B);
-    uint64_t compute = 0, macs = 0, wbytes = 0;
+    std::vector<int64_t> ns;
     for (size_t o = 0; o < slots.size(); ++o) {
         const int64_t N = slots[o]->n;
         if (cmd.ops[o].acc) std::copy(acc_.data() + offset[o], acc_.data() + offset[o] + B * N, cmd.ops[o].acc);
-        compute += matmul_compute_cycles(profile_, B, N, K);
-        dma += dma_cycles_for(profile_, static_cast<uint64_t>(B * N * 4));
-        dma_bytes += static_cast<uint64_t>(B * N * 4);
-        macs += static_cast<uint64_t>(B * N * K);
-        wbytes += slots[o]->packed.size();
+        ns.push_back(N);
     }
+    const Counters cost = matmul_command_cost(profile_, B, K, ns);
     std::lock_guard<std::mutex> lock(counters_mutex_);
-    counters_.dma_cycles += dma;
-    counters_.compute_cycles += compute;
-    counters_.total_cycles += dma + compute;
-    counters_.commands += 1;
-    counters_.matmuls += cmd.ops.size();
-    counters_.macs += macs;
-    counters_.dma_bytes += dma_bytes;
-    counters_.weight_bytes_read += wbytes;
+    counters_.dma_cycles += cost.dma_cycles;
+    counters_.compute_cycles += cost.compute_cycles;
+    counters_.total_cycles += cost.total_cycles;
+    counters_.commands += cost.commands;
+    counters_.matmuls += cost.matmuls;
+    counters_.macs += cost.macs;
+    counters_.dma_bytes += cost.dma_bytes;
+    counters_.weight_bytes_read += cost.weight_bytes_read;
 }
 
 Counters SimCard::counters() const {

@@ -50,6 +50,9 @@ struct BoardProfile {
 // Named board profiles: "vibee-zcu104", "vibee-vcu118", "kv260". Throws Error(INVALID).
 BoardProfile board_profile(const std::string& name);
 std::vector<std::string> board_profile_names();
+// Throws Error(INVALID) naming the first parameter out of its range (clock_mhz (0, 10000],
+// lanes [1, 65536], lane_width [1, 4096], ddr_gbps and dma_gbps (0, 100000], capacity > 0).
+void validate_profile(const BoardProfile& p);
 
 struct Counters {
     uint64_t total_cycles = 0;
@@ -62,9 +65,13 @@ struct Counters {
     uint64_t weight_bytes_read = 0; // bytes streamed from weight memory
 };
 
-// Cycle model formulas (documented in docs/NUMERICS.md and docs/DEVICE_ABI.md).
+// Cycle model formulas (docs/DEVICE_ABI.md "Cycle model").
 uint64_t dma_cycles_for(const BoardProfile& p, uint64_t bytes);
 uint64_t matmul_compute_cycles(const BoardProfile& p, int64_t B, int64_t N, int64_t K);
+
+// What one matmul command of B activation rows of K inputs, with products of N[i] output rows,
+// adds to the counters (the card's whole accounting of a command).
+Counters matmul_command_cost(const BoardProfile& p, int64_t B, int64_t K, const std::vector<int64_t>& N);
 
 // One product inside a command: y[B, n_slot] (fp32) = engine(q, slot). acc, if not null,
 // also receives the int32 accumulators [B, n_slot].

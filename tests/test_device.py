@@ -1,5 +1,8 @@
 """The BitNet device API on the simulator: lifecycle, inference, async jobs, sampling,
-registers, user weight slots and argument checking."""
+registers, user weight slots and argument checking.
+
+Every test that touches the card runs on both simulator devices: "sim" (direct) and
+"sim+ioctl" (the kernel transport over the emulated driver, docs/DEVICE_ABI.md)."""
 from __future__ import annotations
 
 import threading
@@ -23,17 +26,25 @@ def small_model(tmp_path_factory):
     return str(make_random_model(tmp_path_factory.mktemp("m") / "small.gguf", preset="small", seed=4))
 
 
+DEVICES = ["sim", "sim+ioctl"]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
 @pytest.fixture()
-def dev(tiny_model):
-    with BitNet("sim") as bn:
+def dev(tiny_model, device):
+    with BitNet(device) as bn:
         bn.load_weights(tiny_model)
         yield bn
 
 
 # ----------------------------------------------------------------------------- lifecycle
 
-def test_close_is_idempotent_and_later_calls_raise(tiny_model):
-    bn = BitNet("sim")
+def test_close_is_idempotent_and_later_calls_raise(tiny_model, device):
+    bn = BitNet(device)
     bn.load_weights(tiny_model)
     bn.close()
     bn.close()
@@ -60,18 +71,18 @@ def test_default_device_is_sim_without_card(monkeypatch):
         assert bn.device == "sim"
 
 
-def test_inference_before_load_raises_state():
-    with BitNet("sim") as bn:
+def test_inference_before_load_raises_state(device):
+    with BitNet(device) as bn:
         with pytest.raises(BitNetError) as e:
             bn.inference([1, 2, 3])
         assert e.value.code == ErrorCode.STATE
         assert "load_weights" in str(e.value)
 
 
-def test_bad_model_file_leaves_device_usable(tmp_path, tiny_model):
+def test_bad_model_file_leaves_device_usable(tmp_path, tiny_model, device):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)
-    with BitNet("sim") as bn:
+    with BitNet(device) as bn:
         with pytest.raises(BitNetError) as e:
             bn.load_weights(bad)
         assert e.value.code == ErrorCode.FILE
@@ -167,8 +178,8 @@ def test_bad_generation_arguments(dev, kwargs, exc, word):
 
 # ----------------------------------------------------------------------------- async
 
-def test_async_wait_timeout_abort_and_next_job(small_model):
-    with BitNet("sim") as bn:
+def test_async_wait_timeout_abort_and_next_job(small_model, device):
+    with BitNet(device) as bn:
         bn.load_weights(small_model)
         bn.inference_async([1, 2, 3], max_output=900, stop_token_ids=[])
         assert bn.is_busy
@@ -194,8 +205,8 @@ def test_async_wait_timeout_abort_and_next_job(small_model):
         assert bn.performance.inference_count == 2
 
 
-def test_wait_releases_the_gil(small_model):
-    with BitNet("sim") as bn:
+def test_wait_releases_the_gil(small_model, device):
+    with BitNet(device) as bn:
         bn.load_weights(small_model)
         bn.inference_async([1, 2, 3], max_output=40, stop_token_ids=[])
         ticks = []
@@ -233,11 +244,11 @@ def test_performance_and_model_info(dev):
 # ----------------------------------------------------------------------------- user slots
 
 @pytest.mark.parametrize("shape", [(1, 1), (37, 100), (64, 257), (5, 1024)])
-def test_matmul_is_bitnet_linear(shape):
+def test_matmul_is_bitnet_linear(shape, device):
     rng = np.random.default_rng(sum(shape))
     n, k = shape
     w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
-    with BitNet("sim") as bn:
+    with BitNet(device) as bn:
         slot = bn.load_weights_from_array(w, scale=0.25)
         x = rng.standard_normal((3, k)).astype(np.float32) * 3
         y, acc = bn.matmul(x, slot, return_acc=True)
@@ -253,8 +264,8 @@ def test_matmul_is_bitnet_linear(shape):
         assert np.array_equal(bn.matmul(x, slot2), y)
 
 
-def test_matmul_bad_arguments():
-    with BitNet("sim") as bn:
+def test_matmul_bad_arguments(device):
+    with BitNet(device) as bn:
         with pytest.raises(ValueError, match="layer_id"):
             bn.matmul(np.ones(4, np.float32), 3)
         with pytest.raises(ValueError, match="-1, 0 and \\+1"):
@@ -273,8 +284,9 @@ def test_matmul_bad_arguments():
         assert bn.matmul(np.ones(4, np.float32), slot).shape == (2,)
 
 
-def test_card_memory_capacity_enforced():
-    with BitNet("sim", profile="kv260") as bn:
+@pytest.mark.parametrize("device", ["sim", pytest.param("sim+ioctl", marks=pytest.mark.slow)])
+def test_card_memory_capacity_enforced(device):
+    with BitNet(device, profile="kv260") as bn:
         cap = bn.card_info()["weight_capacity"]
         big = np.zeros((4096, 4096), np.int8)   # 4 MiB per slot
         with pytest.raises(BitNetError) as e:

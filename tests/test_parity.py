@@ -36,11 +36,17 @@ the oracle (as above) and, at the first differing step, the engine's and HF's to
 ~0.6 here). The fixtures' seeds were chosen so that HF, the oracle and a float32
 re-implementation all agree on the 32 tokens, so a correct engine is expected to match exactly.
 
+Every case runs on ``device="sim"``; ``test_engine_matches_hf`` also runs every case on
+``"sim+ioctl"`` (the kernel transport over the emulated driver, docs/DEVICE_ABI.md) and requires
+its logits and tokens to be identical to "sim"'s; the other tests do that in the slow suite.
+A verdict of the oracle is cached per logits array, so identical logits cost no second check.
+
 Self-test of this harness without the C++ engine: ``BITNET_TEST_FAKE_ENGINE=1 pytest
 tests/test_parity.py`` runs a float32 numpy model on the decoded GGUF instead.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Dict, List, Sequence, Tuple
 
@@ -58,6 +64,9 @@ TYPES = ("tq2_0", "tq1_0", "i2_s", "f16")
 N_NEW = 32
 LOGIT_TOL = 1e-3
 GREEDY_ENVELOPE = 0.75
+
+DEVICES = ["sim", "sim+ioctl"]
+DEVICES_SLOW = ["sim", pytest.param("sim+ioctl", marks=pytest.mark.slow)]
 
 _rng = np.random.default_rng(1234)
 PROMPTS: Dict[str, List[int]] = {
@@ -81,15 +90,15 @@ def _device_class():
     return cls
 
 
-_ENGINE: Dict[Tuple[str, Tuple[int, ...]], Tuple[np.ndarray, np.ndarray]] = {}
+_ENGINE: Dict[Tuple[str, Tuple[int, ...], str], Tuple[np.ndarray, np.ndarray]] = {}
 _ORACLE: Dict[Tuple[str, str], nr.BitNetWeights] = {}
 _EXPLAINED: Dict[Tuple[str, str, Tuple[int, ...]], nr.Explanation] = {}
 
 
-def _engine_run(path, prompt: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    key = (str(path), tuple(prompt))
+def _engine_run(path, prompt: Sequence[int], device: str = "sim") -> Tuple[np.ndarray, np.ndarray]:
+    key = (str(path), tuple(prompt), device)
     if key not in _ENGINE:
-        with _device_class()(device="sim") as dev:
+        with _device_class()(device=device) as dev:
             dev.load_weights(str(path))
             logits = dev.logits(list(prompt))
             gen = dev.inference(list(prompt), max_output=N_NEW)
@@ -97,11 +106,15 @@ def _engine_run(path, prompt: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
         assert logits.dtype == np.float32, logits.dtype
         assert gen.dtype == np.int32, gen.dtype
         _ENGINE[key] = (logits, gen)
+        if device != "sim":   # every device gives exactly the simulator's numbers
+            ref_logits, ref_gen = _engine_run(path, prompt, "sim")
+            assert np.array_equal(logits, ref_logits), f"{device}: logits differ from sim's"
+            assert np.array_equal(gen, ref_gen), f"{device}: tokens {gen.tolist()} differ from sim's {ref_gen.tolist()}"
     return _ENGINE[key]
 
 
-def _engine_logits(path, tokens: Sequence[int]) -> np.ndarray:
-    with _device_class()(device="sim") as dev:
+def _engine_logits(path, tokens: Sequence[int], device: str = "sim") -> np.ndarray:
+    with _device_class()(device=device) as dev:
         dev.load_weights(str(path))
         return np.asarray(dev.logits(list(tokens)))
 
@@ -111,6 +124,14 @@ def _oracle(ckpt_dir, act=None) -> nr.BitNetWeights:
     if key not in _ORACLE:
         _ORACLE[key] = nr.load_hf_checkpoint(ckpt_dir, act=act)
     return _ORACLE[key]
+
+
+def _explain(w: nr.BitNetWeights, prompt, logits: np.ndarray) -> nr.Explanation:
+    """nr.explain_logits, cached per (weights, prompt, exact logits)."""
+    key = ("ours", id(w), tuple(prompt), hashlib.sha1(np.ascontiguousarray(logits).tobytes()).hexdigest())
+    if key not in _EXPLAINED:
+        _EXPLAINED[key] = nr.explain_logits(w, prompt, logits, tol=LOGIT_TOL)
+    return _EXPLAINED[key]
 
 
 def _hf_explained(ckpt_dir, prompt) -> nr.Explanation:
@@ -136,7 +157,7 @@ def _check_logits(label: str, ours: np.ndarray, prompt, vocab: int, w: nr.BitNet
         note = f"max|ours-HF|={raw:.3g}"
         if len(prompt) == 1:
             assert raw <= LOGIT_TOL, f"{label}: max |ours - HF| = {raw:.3g} > {LOGIT_TOL} on a 1-token prompt"
-    ex = nr.explain_logits(w, prompt, ours, tol=LOGIT_TOL)
+    ex = _explain(w, prompt, ours)
     assert ex.ok, (
         f"{label}: engine logits are not the BitNet function: {ex.message} "
         f"(raw max|ours-oracle|={ex.max_raw_err:.3g}, first bad position {int(np.argmax(ex.raw_err > LOGIT_TOL))})"
@@ -145,15 +166,16 @@ def _check_logits(label: str, ours: np.ndarray, prompt, vocab: int, w: nr.BitNet
     return f"{note} max|ours-oracle|={ex.max_raw_err:.3g} -> {ex.max_err:.2g} after {len(ex.flips)} near-tie flips"
 
 
-def _check_greedy(label: str, path, prompt, gen: np.ndarray, expected: List[int], w: nr.BitNetWeights) -> str:
+def _check_greedy(label: str, path, prompt, gen: np.ndarray, expected: List[int], w: nr.BitNetWeights,
+                  device: str = "sim") -> str:
     got = [int(t) for t in gen]
     assert len(got) == N_NEW, f"{label}: inference returned {len(got)} tokens, wanted {N_NEW}"
     if got == list(expected):
         return "greedy identical"
     k0 = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
     seq = list(prompt) + got[:-1]
-    ext = _engine_logits(path, seq)
-    ex = nr.explain_logits(w, seq, ext, tol=LOGIT_TOL)
+    ext = _engine_logits(path, seq, device)
+    ex = _explain(w, seq, ext)
     detail = f"{label}: greedy differs from the reference at step {k0} (ours {got[k0]}, ref {expected[k0]}); "
     assert ex.ok, detail + f"and the engine's logits on its own continuation are not explained: {ex.message}"
     T = len(prompt)
@@ -176,24 +198,26 @@ def _report(record_property, label: str, *notes: str) -> None:
 # tests
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prompt", list(PROMPTS))
 @pytest.mark.parametrize("type", TYPES)
 @pytest.mark.parametrize("model", ["gqa64", "mha128"])
-def test_engine_matches_hf(ckpt, gguf_file, record_property, model, type, prompt):
+def test_engine_matches_hf(ckpt, gguf_file, record_property, model, type, prompt, device):
     ids = PROMPTS[prompt]
     d = ckpt(model)
     hf_logits, hf_tokens = hm.hf_reference(d, ids, N_NEW)
     assert _hf_explained(d, ids).ok, "the oracle does not explain HF itself: " + _hf_explained(d, ids).message
     path = gguf_file(model, type)
-    ours, gen = _engine_run(path, ids)
-    label = f"{model}/{type}/{prompt}"
+    ours, gen = _engine_run(path, ids, device)
+    label = f"{model}/{type}/{prompt}/{device}"
     n1 = _check_logits(label, ours, ids, 512, _oracle(d), hf_logits)
-    n2 = _check_greedy(label, path, ids, gen, hf_tokens, _oracle(d))
+    n2 = _check_greedy(label, path, ids, gen, hf_tokens, _oracle(d), device)
     _report(record_property, label, n1, n2)
 
 
+@pytest.mark.parametrize("device", DEVICES_SLOW)
 @pytest.mark.parametrize("type", ["tq2_0", "i2_s"])
-def test_master_weights_match_hf(ckpt, gguf_file, record_property, type):
+def test_master_weights_match_hf(ckpt, gguf_file, record_property, type, device):
     """bf16 master checkpoint (HF ternarises online): beta is a float32 mean, so the TQ file
     carries it in .scale tensors."""
     ids = PROMPTS["p121"]
@@ -201,15 +225,16 @@ def test_master_weights_match_hf(ckpt, gguf_file, record_property, type):
     hf_logits, hf_tokens = hm.hf_reference(d, ids, N_NEW)
     assert _hf_explained(d, ids).ok, _hf_explained(d, ids).message
     path = gguf_file("master", type)
-    ours, gen = _engine_run(path, ids)
-    label = f"master/{type}/p121"
+    ours, gen = _engine_run(path, ids, device)
+    label = f"master/{type}/p121/{device}"
     _report(record_property, label, _check_logits(label, ours, ids, 512, _oracle(d), hf_logits),
-            _check_greedy(label, path, ids, gen, hf_tokens, _oracle(d)))
+            _check_greedy(label, path, ids, gen, hf_tokens, _oracle(d), device))
 
 
+@pytest.mark.parametrize("device", DEVICES_SLOW)
 @pytest.mark.parametrize("prompt", list(PROMPTS))
 @pytest.mark.parametrize("type", ["tq2_0", "f16", "i2_s"])
-def test_bitlinear_variant(ckpt, gguf_file, record_property, type, prompt):
+def test_bitlinear_variant(ckpt, gguf_file, record_property, type, prompt, device):
     """linear_class=bitlinear (weight_scale = 1/beta). transformers' BitLinear runs its matmul in
     bf16 even in an fp32 model, so the float64 oracle (validated against HF above) is the
     reference here."""
@@ -218,41 +243,43 @@ def test_bitlinear_variant(ckpt, gguf_file, record_property, type, prompt):
     w = _oracle(d)
     expected, _ = nr.greedy(w, ids, N_NEW)
     path = gguf_file("bitlinear", type)
-    ours, gen = _engine_run(path, ids)
-    label = f"bitlinear/{type}/{prompt}"
+    ours, gen = _engine_run(path, ids, device)
+    label = f"bitlinear/{type}/{prompt}/{device}"
     ref = nr.forward(w, ids)
     if len(ids) == 1:
         assert np.abs(ours - ref).max() <= LOGIT_TOL
     _report(record_property, label, _check_logits(label, ours, ids, 512, w),
-            _check_greedy(label, path, ids, gen, expected, w))
+            _check_greedy(label, path, ids, gen, expected, w, device))
 
 
+@pytest.mark.parametrize("device", DEVICES_SLOW)
 @pytest.mark.parametrize("type", ["tq2_0", "f16"])
-def test_upstream_style_file_with_activation_key(ckpt, upstream_gguf, record_property, type):
+def test_upstream_style_file_with_activation_key(ckpt, upstream_gguf, record_property, type, device):
     """A file as llama.cpp's converter writes it (no rope.dimension_count, no vocab_size, rope
     scaling linear/1.0), plus bitnet.hidden_activation=relu2: must match HF."""
     ids = PROMPTS["p121"]
     d = ckpt("gqa64")
     hf_logits, hf_tokens = hm.hf_reference(d, ids, N_NEW)
     path = upstream_gguf("gqa64", type, hidden_act="relu2")
-    ours, gen = _engine_run(path, ids)
-    label = f"upstream-style+relu2/{type}/p121"
+    ours, gen = _engine_run(path, ids, device)
+    label = f"upstream-style+relu2/{type}/p121/{device}"
     _report(record_property, label, _check_logits(label, ours, ids, 512, _oracle(d), hf_logits),
-            _check_greedy(label, path, ids, gen, hf_tokens, _oracle(d)))
+            _check_greedy(label, path, ids, gen, hf_tokens, _oracle(d), device))
 
 
-def test_upstream_style_file_without_activation_key_runs_silu(ckpt, upstream_gguf, record_property):
+@pytest.mark.parametrize("device", DEVICES_SLOW)
+def test_upstream_style_file_without_activation_key_runs_silu(ckpt, upstream_gguf, record_property, device):
     """The faithful upstream-converter file has no <arch>.hidden_activation; like upstream
     llama.cpp, the loader must then use SiLU (and therefore NOT reproduce the relu² model)."""
     ids = PROMPTS["p121"]
     d = ckpt("gqa64")
     w_silu = _oracle(d, act="silu")
     path = upstream_gguf("gqa64", "tq2_0")
-    ours, gen = _engine_run(path, ids)
-    label = "upstream-style(no act key)/tq2_0/p121"
+    ours, gen = _engine_run(path, ids, device)
+    label = f"upstream-style(no act key)/tq2_0/p121/{device}"
     expected, _ = nr.greedy(w_silu, ids, N_NEW)
     n1 = _check_logits(label, ours, ids, 512, w_silu)
-    n2 = _check_greedy(label, path, ids, gen, expected, w_silu)
+    n2 = _check_greedy(label, path, ids, gen, expected, w_silu, device)
     hf_logits, _ = hm.hf_reference(d, ids, N_NEW)
     assert np.abs(ours - hf_logits).max() > 0.5, "a file without hidden_activation must not run relu²"
     _report(record_property, label, n1, n2)

@@ -1,5 +1,6 @@
 """Every code example of the seed README (../shared/seed/), run as written with only the model
-path and the device filled in, checking what each returns.
+path and the device filled in, checking what each returns. Each runs on "sim" and on
+"sim+ioctl" (the kernel transport over the emulated driver, docs/DEVICE_ABI.md).
 
 The PyTorch examples are in tests/test_torch_seed_examples.py (they need torch).
 """
@@ -14,7 +15,14 @@ import bitnet
 from bitnet import BitNet
 from bitnet.models import make_random_model
 
-DEVICE = "sim"
+DEVICES = ["sim", "sim+ioctl"]
+# The two longest examples run through sim+ioctl only in the slow suite.
+DEVICES_LONG = ["sim", pytest.param("sim+ioctl", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +31,11 @@ def model_path(tmp_path_factory):
     return str(make_random_model(tmp_path_factory.mktemp("seed") / "model.bin", preset="small", seed=7))
 
 
-def greedy_reference(model_path, prompt, n, stop=None):
+def greedy_reference(model_path, prompt, n, stop=None, device="sim"):
     """Greedy continuation computed independently from full-sequence logits."""
     seq = list(prompt)
     out = []
-    with BitNet(DEVICE) as bn:
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         for _ in range(n):
             tok = int(np.argmax(bn.logits(seq)[-1]))
@@ -38,8 +46,8 @@ def greedy_reference(model_path, prompt, n, stop=None):
     return out
 
 
-def test_basic_example(model_path, capsys):
-    with BitNet(DEVICE) as bn:
+def test_basic_example(model_path, capsys, device):
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         input_tokens = np.array([1, 2, 3, 4, 5], dtype=np.int32)
         output = bn.inference(input_tokens, max_output=100)
@@ -48,21 +56,21 @@ def test_basic_example(model_path, capsys):
     assert capsys.readouterr().out == f"Generated {len(output)} tokens\n"
     assert output.dtype == np.int32
     assert len(output) == 100 or int(output[-1]) in eos
-    assert output[:12].tolist() == greedy_reference(model_path, [1, 2, 3, 4, 5], 12, stop=eos)[: len(output[:12])]
+    assert output[:12].tolist() == greedy_reference(model_path, [1, 2, 3, 4, 5], 12, stop=eos, device=device)[: len(output[:12])]
 
 
-def test_functional_example(model_path):
+def test_functional_example(model_path, device):
     from bitnet import bitnet_inference
 
-    output = bitnet_inference(np.array([1, 2, 3, 4, 5]), model_path=model_path, device=DEVICE)
-    with BitNet(DEVICE) as bn:
+    output = bitnet_inference(np.array([1, 2, 3, 4, 5]), model_path=model_path, device=device)
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         assert np.array_equal(output, bn.inference([1, 2, 3, 4, 5]))
     assert 1 <= len(output) <= 1024
 
 
-def test_async_example(model_path, capsys):
-    with BitNet(DEVICE) as bn:
+def test_async_example(model_path, capsys, device):
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         bn.inference_async([1, 2, 3, 4, 5])
         print("Processing...")
@@ -84,29 +92,30 @@ def test_async_example(model_path, capsys):
         assert np.array_equal(output, expect[: len(output)])
 
 
-def test_streaming_example(model_path, capsys):
+def test_streaming_example(model_path, capsys, device):
     from bitnet.numpy_api import BitNetStream
 
-    with BitNetStream(model_path, device=DEVICE) as stream:
+    with BitNetStream(model_path, device=device) as stream:
         for token in stream.generate([1, 2, 3], max_tokens=100, stop_token_id=2):
             print(token, end=" ", flush=True)
     printed = [int(t) for t in capsys.readouterr().out.split()]
-    with BitNet(DEVICE) as bn:
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         expect = bn.inference([1, 2, 3], max_output=100, stop_token_ids=[2])
     assert printed == expect.tolist()
 
 
-def test_batch_example(model_path):
+@pytest.mark.parametrize("device", DEVICES_LONG)
+def test_batch_example(model_path, device):
     from bitnet import bitnet_batch_inference
 
     batch = np.array([
         [1, 2, 3, 0, 0],  # padded
         [4, 5, 6, 7, 8],
     ], dtype=np.int32)
-    outputs = bitnet_batch_inference(batch, model_path, device=DEVICE, pad_token_id=0)
+    outputs = bitnet_batch_inference(batch, model_path, device=device, pad_token_id=0)
     assert outputs.dtype == np.int32 and outputs.ndim == 2 and outputs.shape[0] == 2
-    with BitNet(DEVICE) as bn:
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         for row, prompt in zip(outputs, ([1, 2, 3], [4, 5, 6, 7, 8])):
             alone = bn.inference(prompt)
@@ -114,8 +123,9 @@ def test_batch_example(model_path):
             assert (row[len(alone):] == 0).all()
 
 
-def test_performance_monitoring_example(model_path, capsys):
-    with BitNet(DEVICE) as bn:
+@pytest.mark.parametrize("device", DEVICES_LONG)
+def test_performance_monitoring_example(model_path, capsys, device):
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         for i in range(10):
             bn.inference([1, 2, 3, 4, 5])
@@ -129,27 +139,27 @@ def test_performance_monitoring_example(model_path, capsys):
     assert lines == [f"Total cycles: {perf.total_cycles}", f"Tokens/sec: {perf.tokens_per_second}"]
 
 
-def test_stream_first_token_arrives_before_the_job_ends(model_path):
+def test_stream_first_token_arrives_before_the_job_ends(model_path, device):
     from bitnet.numpy_api import BitNetStream
 
-    with BitNetStream(model_path, device=DEVICE) as stream:
+    with BitNetStream(model_path, device=device) as stream:
         gen = stream.generate([1, 2, 3], max_tokens=200, stop_token_id=None, temperature=0.0)
         first = next(gen)
         job = stream.device._job
         assert not job.done            # the device is still producing
         assert stream.device.is_busy
         rest = list(gen)
-    with BitNet(DEVICE) as bn:
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         assert [first] + rest == bn.inference([1, 2, 3], max_output=200).tolist()
 
 
-def test_batch_rows_equal_single_rows_and_run_as_one_batch(model_path):
+def test_batch_rows_equal_single_rows_and_run_as_one_batch(model_path, device):
     from bitnet import bitnet_batch_inference
 
     rng = np.random.default_rng(5)
     prompts = [rng.integers(1, 4096, size=n).tolist() for n in (3, 9, 1, 20, 5, 12, 7, 2)]
-    with BitNet(DEVICE) as bn:
+    with BitNet(device) as bn:
         bn.load_weights(model_path)
         singles = [bn.inference(p, max_output=24, stop_token_ids=[]) for p in prompts]
         c0 = bn.performance_details()["commands"]
@@ -159,7 +169,7 @@ def test_batch_rows_equal_single_rows_and_run_as_one_batch(model_path):
         job = bn._dev.submit([np.asarray(p, np.int32) for p in prompts], 24, 0.0, 0, 1.0, 0, [])
         job.wait(-1)
         eight = bn.performance_details()["commands"] - c0
-    batch = bitnet_batch_inference(prompts, model_path, device=DEVICE, max_output=24, stop_token_ids=[])
+    batch = bitnet_batch_inference(prompts, model_path, device=device, max_output=24, stop_token_ids=[])
     for row, single in zip(batch, singles):
         assert np.array_equal(row, single)
     # One forward pass per step for all eight rows: the card sees as many commands as for

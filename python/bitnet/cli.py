@@ -77,10 +77,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decode_step_cost(bn) -> Optional[dict]:
+    """Card counters of one decode step (batch 1), measured on the device.
+
+    Runs a 1-token prompt for 2 tokens: two forward passes of one row each, which issue
+    exactly the card commands of one decode step each (docs/DEVICE_ABI.md section 9).
+    """
+    cfg = bn.model_config()
+    if cfg["max_seq_len"] < 2:
+        return None
+    keys = ("total_cycles", "dma_cycles", "compute_cycles", "commands", "matmuls", "weight_bytes_read", "macs")
+    p0 = bn.performance_details()
+    bn.inference([0], max_output=2, stop_token_ids=[])
+    p1 = bn.performance_details()
+    return {k: (p1[k] - p0[k]) / 2 for k in keys}
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .core import BitNet
 
-    with BitNet(args.device, profile=args.profile) as bn:
+    custom = {k: getattr(args, k) for k in ("clock_mhz", "lanes", "ddr_gbps") if getattr(args, k) is not None}
+    with BitNet(args.device, profile=args.profile, **custom) as bn:
         bn.load_weights(args.model)
         cfg = bn.model_config()
         for k in sorted(cfg):
@@ -91,6 +108,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
         card = bn.card_info()
         for k in sorted(card):
             print(f"card.{k:15s} {card[k]}")
+        cost = _decode_step_cost(bn)
+        if cost is not None and cost["total_cycles"] > 0:
+            modeled = card["counters"] == "cycle model"
+            tps = card["clock_mhz"] * 1e6 / cost["total_cycles"]
+            print(f"card model          {card['profile']} @ {card['clock_mhz']:g} MHz, {card['lanes']} x "
+                  f"{card['lane_width']} MAC lanes, DDR {card['ddr_gbps']:g} GB/s, DMA {card['dma_gbps']:g} GB/s "
+                  f"({card['counters']})")
+            print(f"card cycles/token   {cost['total_cycles']:,.0f} (compute {cost['compute_cycles']:,.0f}, DMA "
+                  f"{cost['dma_cycles']:,.0f}; {cost['commands']:.0f} commands, "
+                  f"{cost['weight_bytes_read'] / 1e6:.2f} MB of weights streamed)")
+            label = "predicted card tokens/s" if modeled else "card tokens/s (hardware counters)"
+            print(f"{label}: {tps:.2f} (decode, batch 1: the card's matmuls only; attention, norms and the "
+                  f"output head run on the host)")
     return 0
 
 
@@ -114,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run a model on the default device, streaming tokens")
     d.add_argument("model", nargs="?", help="GGUF model file (default: make a small random model)")
-    d.add_argument("--device", default=None, help="device: sim or /dev/bitnetN (default: auto)")
+    d.add_argument("--device", default=None, help="device: sim, sim+ioctl or /dev/bitnetN (default: auto)")
     d.add_argument("--preset", default="small", help="random model shape when no model is given")
     d.add_argument("--max-tokens", type=int, default=32)
     d.add_argument("--prompt-len", type=int, default=8)
@@ -122,10 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
 
-    i = sub.add_parser("info", help="load a model and print its configuration and the card's")
+    i = sub.add_parser("info", help="load a model; print its configuration, the card's, and the predicted card tokens/s")
     i.add_argument("model")
-    i.add_argument("--device", default=None)
-    i.add_argument("--profile", default="vibee-zcu104")
+    i.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
+    i.add_argument("--profile", default=None,
+                   help="board profile of the simulator's cycle model: vibee-zcu104 (default), vibee-vcu118, kv260")
+    i.add_argument("--clock-mhz", type=float, default=None, help="custom engine clock (simulator)")
+    i.add_argument("--lanes", type=int, default=None, help="custom MAC lanes (simulator)")
+    i.add_argument("--ddr-gbps", type=float, default=None, help="custom weight-memory bandwidth (simulator)")
     i.set_defaults(func=_cmd_info)
 
     b = sub.add_parser("bench", help="llama-bench-style speed test (optionally against llama.cpp)")

@@ -53,11 +53,19 @@ class BitNetStatus:
 class BitNetPerformance:
     """Performance counters.
 
-    ``total_cycles``, ``dma_cycles`` and ``compute_cycles`` are the card's cycle counters:
-    on ``"sim"`` they come from the simulator's cycle model of the board profile (see
-    docs/DEVICE_ABI.md), on a card from its hardware counters. ``tokens_per_second`` is
-    measured on the host: generated tokens over the wall time of the last job.
-    ``inference_count`` counts generation jobs (finished or aborted).
+    ``total_cycles``, ``dma_cycles`` and ``compute_cycles`` are the card's cycle counters
+    since the device was opened: on ``"sim"`` and ``"sim+ioctl"`` they come from the cycle
+    model of the board profile (docs/DEVICE_ABI.md "Cycle model"), on a card from its
+    hardware counters (``counters_source`` says which). ``inference_count`` counts
+    generation jobs (finished or aborted).
+
+    Two clocks, named apart, both about the last job:
+
+    * host wall time: ``host_seconds``, and ``tokens_per_second`` = generated tokens /
+      ``host_seconds`` (the seed API's meaning: what this machine achieved);
+    * card time: ``card_seconds`` = the card cycles the job used / the card clock, and
+      ``card_tokens_per_second`` = generated tokens / ``card_seconds`` (on the simulator: the
+      modeled speed of the card alone; host work such as attention is not in it).
     """
 
     total_cycles: int
@@ -65,6 +73,11 @@ class BitNetPerformance:
     compute_cycles: int
     tokens_per_second: float
     inference_count: int
+    host_seconds: float = 0.0
+    card_seconds: float = 0.0
+    card_tokens_per_second: float = 0.0
+    clock_mhz: float = 0.0
+    counters_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,27 @@ class BitNetModelInfo:
     vocab_size: int
     max_seq_len: int
     weight_size: int
+
+
+def _check_real(value: Any, name: str, hi: float) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    v = float(value)
+    if not (0.0 < v <= hi):   # also rejects NaN
+        raise BitNetValueError(ErrorCode.INVALID, f"{name} must be in (0, {hi:g}], got {value!r}")
+    return v
+
+
+def _check_int(value: Any, name: str, hi: int) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    if not (1 <= int(value) <= hi):
+        raise BitNetValueError(ErrorCode.INVALID, f"{name} must be in [1, {hi}], got {value!r}")
+    return int(value)
 
 
 def default_device() -> str:
@@ -118,11 +152,16 @@ class BitNet:
     Parameters
     ----------
     device : str, optional
-        ``"sim"`` for the simulator, or a card node such as ``"/dev/bitnet0"``. ``None``
-        picks :func:`default_device`.
-    profile : str
-        Board profile of the simulator's cycle model (``"vibee-zcu104"``, ``"vibee-vcu118"``,
-        ``"kv260"``).
+        ``"sim"`` for the simulator; ``"sim+ioctl"`` for the simulator behind the emulated
+        kernel driver (the exact ioctl/mmap/poll requests a card receives, same results);
+        or a card node such as ``"/dev/bitnet0"``. ``None`` picks :func:`default_device`.
+    profile : str, optional
+        Board profile of the simulator's cycle model: ``"vibee-zcu104"`` (the default),
+        ``"vibee-vcu118"`` or ``"kv260"``. A real card reports its own.
+    clock_mhz, lanes, lane_width, ddr_gbps, dma_gbps : optional
+        Custom cycle-model parameters on top of ``profile`` (simulator only): engine clock
+        (MHz), MAC lanes, MACs per lane per cycle, weight-memory bandwidth and host DMA
+        bandwidth (GB/s).
     n_threads : int, optional
         Host threads for the simulator's engine and the host side of the model. ``None``
         means ``$BITNET_NUM_THREADS``, else every CPU.
@@ -131,16 +170,31 @@ class BitNet:
     raises :class:`BitNetError` (code ``CLOSED``).
     """
 
-    def __init__(self, device: Optional[str] = None, *, profile: str = "vibee-zcu104",
-                 n_threads: Optional[int] = None) -> None:
+    def __init__(self, device: Optional[str] = None, *, profile: Optional[str] = None,
+                 n_threads: Optional[int] = None, clock_mhz: Optional[float] = None,
+                 lanes: Optional[int] = None, lane_width: Optional[int] = None,
+                 ddr_gbps: Optional[float] = None, dma_gbps: Optional[float] = None) -> None:
         if device is None:
             device = default_device()
         if not isinstance(device, str):
             raise TypeError(f"device must be a string such as 'sim' or '/dev/bitnet0', not {type(device).__name__}")
-        if not isinstance(profile, str):
+        if profile is not None and not isinstance(profile, str):
             raise TypeError(f"profile must be a string, not {type(profile).__name__}")
+        if profile is not None and profile not in _core.board_profiles():
+            raise BitNetValueError(ErrorCode.INVALID, f"unknown board profile {profile!r}; choose one of: "
+                                   + ", ".join(_core.board_profiles()))
+        custom = dict(
+            clock_mhz=_check_real(clock_mhz, "clock_mhz", 10000.0),
+            lanes=_check_int(lanes, "lanes", 65536),
+            lane_width=_check_int(lane_width, "lane_width", 4096),
+            ddr_gbps=_check_real(ddr_gbps, "ddr_gbps", 100000.0),
+            dma_gbps=_check_real(dma_gbps, "dma_gbps", 100000.0),
+        )
+        if device.startswith("/dev/") and (profile is not None or any(v is not None for v in custom.values())):
+            raise BitNetValueError(ErrorCode.INVALID, "profile, clock_mhz, lanes, lane_width, ddr_gbps and dma_gbps "
+                                   "configure the simulator's cycle model; a card reports its own (card_info())")
         threads = 0 if n_threads is None else check_count(n_threads, "n_threads", 1, 1024)
-        self._dev = _core.Device(device, profile, threads)
+        self._dev = _core.Device(device, profile or "vibee-zcu104", threads, **custom)
         self._device_name = device
         self._job: Optional[Any] = None
         self._stop_default: list = []
@@ -395,10 +449,24 @@ class BitNet:
         return BitNetPerformance(
             int(p["total_cycles"]), int(p["dma_cycles"]), int(p["compute_cycles"]),
             float(p["tokens_per_second"]), int(p["inference_count"]),
+            host_seconds=float(p["last_job_host_seconds"]), card_seconds=float(p["last_job_card_seconds"]),
+            card_tokens_per_second=float(p["card_tokens_per_second"]), clock_mhz=float(p["clock_mhz"]),
+            counters_source=str(p["counters_source"]),
         )
 
     def performance_details(self) -> dict:
-        """Every counter the device keeps (cycles, MACs, DMA bytes, host timings), as a dict."""
+        """Every counter the device keeps, as a dict.
+
+        Card counters (``total_cycles``, ``dma_cycles``, ``compute_cycles``, ``commands``,
+        ``matmuls``, ``macs``, ``dma_bytes``, ``weight_bytes_read``; docs/DEVICE_ABI.md),
+        ``counters_source`` (``"cycle model"`` or ``"hardware"``), ``clock_mhz`` and
+        ``card_seconds_total``; about the last job: ``last_job_host_seconds`` and
+        ``host_tokens_per_second`` (host wall time), ``last_job_card_cycles``,
+        ``last_job_card_seconds`` and ``card_tokens_per_second`` (card time),
+        ``last_job_tokens``; totals ``inference_count``, ``tokens_generated``,
+        ``tokens_prefilled``; fast-head statistics ``head_calls``, ``head_rescored``.
+        ``tokens_per_second`` and ``last_job_seconds`` are the host figures under their seed names.
+        """
         self._check_open()
         return dict(self._dev.perf())
 
