@@ -149,11 +149,14 @@ def test_bad_profile_parameters(kwargs, exc, word):
         BitNet("sim", **kwargs)
 
 
-def test_profile_parameters_are_for_the_simulator():
-    with pytest.raises(ValueError, match="simulator"):
-        BitNet("/dev/bitnet0", profile="kv260")
+def test_profile_parameters_are_for_the_simulator(caplog):
     with pytest.raises(ValueError, match="simulator"):
         BitNet("/dev/bitnet0", clock_mhz=100)
+    # a profile name is ignored for a card (it reports its own), with a warning
+    with pytest.raises(BitNetError) as e:
+        BitNet("/dev/bitnet-missing9", profile="kv260")
+    assert e.value.code == ErrorCode.OPEN
+    assert "ignored" in caplog.text and "/dev/bitnet-missing9" in caplog.text
     # the C++ side validates too (for callers of _core directly)
     from bitnet import _core
 

@@ -190,9 +190,13 @@ class BitNet:
             ddr_gbps=_check_real(ddr_gbps, "ddr_gbps", 100000.0),
             dma_gbps=_check_real(dma_gbps, "dma_gbps", 100000.0),
         )
-        if device.startswith("/dev/") and (profile is not None or any(v is not None for v in custom.values())):
-            raise BitNetValueError(ErrorCode.INVALID, "profile, clock_mhz, lanes, lane_width, ddr_gbps and dma_gbps "
-                                   "configure the simulator's cycle model; a card reports its own (card_info())")
+        if device.startswith("/dev/"):
+            if any(v is not None for v in custom.values()):
+                raise BitNetValueError(ErrorCode.INVALID, "clock_mhz, lanes, lane_width, ddr_gbps and dma_gbps "
+                                       "configure the simulator's cycle model; a card reports its own (card_info())")
+            if profile is not None:
+                logger.warning("profile=%r is ignored for %s: a card reports its own board (card_info())",
+                               profile, device)
         threads = 0 if n_threads is None else check_count(n_threads, "n_threads", 1, 1024)
         self._dev = _core.Device(device, profile or "vibee-zcu104", threads, **custom)
         self._device_name = device

@@ -1436,7 +1436,7 @@ class BitNetModule(nn.Module):
     """
 
     def __init__(self, device: Optional[str] = None, model_path: Optional[PathLike] = None, *,
-                 fast_head: bool = False, profile: str = "vibee-zcu104", n_threads: Optional[int] = None) -> None:
+                 fast_head: bool = False, profile: Optional[str] = None, n_threads: Optional[int] = None) -> None:
         super().__init__()
         self.bitnet = BitNet(device, profile=profile, n_threads=n_threads)
         self.model_path: Optional[Path] = None
@@ -1614,7 +1614,7 @@ class BitNetForCausalLM(BitNetModule):
     @classmethod
     def from_pretrained(cls, model_path: PathLike, device: Optional[str] = None, *, fast_head: bool = False,
                         type: Optional[str] = None, embed_type: str = "f16", cache_dir: Optional[PathLike] = None,
-                        profile: str = "vibee-zcu104", n_threads: Optional[int] = None) -> "BitNetForCausalLM":
+                        profile: Optional[str] = None, n_threads: Optional[int] = None) -> "BitNetForCausalLM":
         """Open ``device`` and load ``model_path`` (GGUF file or HF checkpoint directory).
 
         ``type``, ``embed_type`` and ``cache_dir`` apply when a checkpoint directory is
