@@ -68,6 +68,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"card counters: total {perf['total_cycles']:,} cycles = {card_s * 1e3:.2f} ms at "
                   f"{perf['clock_mhz']:.0f} MHz (compute {perf['compute_cycles']:,}, DMA {perf['dma_cycles']:,}); "
                   f"{perf['matmuls']:,} matmuls, {perf['macs']:,} MACs")
+            print(f"modeled card ({card['profile']}): {perf['card_tokens_per_second']:.1f} tokens/s for this job "
+                  f"({perf['last_job_card_seconds'] * 1e3:.2f} ms of card time)")
             st = bn.status
             print(f"status: {st.state}, tokens processed {st.tokens_processed}, "
                   f"inference count {bn.performance.inference_count}")
