@@ -22,6 +22,13 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def long_model(tmp_path_factory):
+    # A context long enough that a job outlasts the test's sleeps on any machine.
+    return str(make_random_model(tmp_path_factory.mktemp("m") / "long.gguf", preset="small", seed=4,
+                                 max_position_embeddings=16384))
+
+
+@pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
     return str(make_random_model(tmp_path_factory.mktemp("m") / "small.gguf", preset="small", seed=4))
 
@@ -178,10 +185,10 @@ def test_bad_generation_arguments(dev, kwargs, exc, word):
 
 # ----------------------------------------------------------------------------- async
 
-def test_async_wait_timeout_abort_and_next_job(small_model, device):
+def test_async_wait_timeout_abort_and_next_job(long_model, device):
     with BitNet(device) as bn:
-        bn.load_weights(small_model)
-        bn.inference_async([1, 2, 3], max_output=900, stop_token_ids=[])
+        bn.load_weights(long_model)
+        bn.inference_async([1, 2, 3], max_output=16000, stop_token_ids=[])
         assert bn.is_busy
         assert bn.wait(10) is False
         with pytest.raises(BitNetError) as e:
@@ -198,7 +205,7 @@ def test_async_wait_timeout_abort_and_next_job(small_model, device):
         assert bn.wait(1000) is True
         assert time.perf_counter() - t0 < 1.0
         partial = bn.get_output()
-        assert 0 < len(partial) < 900
+        assert 0 < len(partial) < 16000
         assert bn.status.state == "IDLE" and not bn.is_busy
         out = bn.inference([1, 2, 3], max_output=len(partial), stop_token_ids=[])
         assert np.array_equal(out, partial)   # the aborted job's tokens were the real ones
