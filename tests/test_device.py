@@ -212,10 +212,10 @@ def test_async_wait_timeout_abort_and_next_job(long_model, device):
         assert bn.performance.inference_count == 2
 
 
-def test_wait_releases_the_gil(small_model, device):
+def test_wait_releases_the_gil(long_model, device):
     with BitNet(device) as bn:
-        bn.load_weights(small_model)
-        bn.inference_async([1, 2, 3], max_output=40, stop_token_ids=[])
+        bn.load_weights(long_model)
+        bn.inference_async([1, 2, 3], max_output=2000, stop_token_ids=[])
         ticks = []
         stop = threading.Event()
 
