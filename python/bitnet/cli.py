@@ -53,8 +53,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             while True:
                 n = job.wait_for_tokens(seen + 1, 1000)
                 if n > seen:
-                    print(" ".join(str(t) for t in job.tokens_from(seen).tolist()), end=" ", flush=True)
-                    seen = n
+                    # tokens_from may return more than n: more can arrive between the two calls.
+                    new = job.tokens_from(seen).tolist()
+                    print(" ".join(str(t) for t in new), end=" ", flush=True)
+                    seen += len(new)
                 if job.done:
                     break
             job.rethrow_if_failed()

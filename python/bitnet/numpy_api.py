@@ -223,9 +223,11 @@ class BitNetStream:
             while True:
                 n = job.wait_for_tokens(seen + 1, poll_ms)
                 if n > seen:
-                    for t in job.tokens_from(seen).tolist():
+                    # tokens_from may return more than n: more can arrive between the two calls.
+                    new = job.tokens_from(seen).tolist()
+                    for t in new:
                         yield int(t)
-                    seen = n
+                    seen += len(new)
                 elif job.done:
                     break
             job.rethrow_if_failed()
