@@ -1403,17 +1403,9 @@ def resolve_model_file(model_path: PathLike, *, type: Optional[str] = None, embe
 # =============================================================================================
 
 @dataclass
-class CausalLMOutput:
-    """What :class:`BitNetForCausalLM` returns: Hugging Face field names."""
-
-    logits: torch.Tensor
-    loss: Optional[torch.Tensor] = None
-
-    def __getitem__(self, key: Union[int, str]) -> Any:
-        if isinstance(key, str):
-            return getattr(self, key)
-        items = [x for x in (self.loss, self.logits) if x is not None]
-        return items[key]
+class CausalLMOutput(BitNetOutput):
+    """What :class:`BitNetForCausalLM` returns: Hugging Face field names (same fields and
+    indexing as :class:`BitNetOutput`)."""
 
 
 class BitNetModule(nn.Module):
