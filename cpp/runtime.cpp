@@ -235,7 +235,7 @@ void Engine::exact_logit_rows(const float* h, const int64_t* ids, int64_t n, flo
     std::vector<float> erow(static_cast<size_t>(D));
     for (int64_t i = 0; i < n; ++i) {
         if (head.tensor->type == TensorType::F16) {
-            kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.tensor->data) + ids[i] * D, D, 1, h, D, out + i);
+            kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.tensor->data) + ids[i] * D, D, 1, h, D, 1, D, out + i, 1);
         } else {
             head.row(ids[i], erow.data());
             kernels_->dot_f32(erow.data(), D, 1, h, D, out + i);
@@ -347,31 +347,31 @@ void Engine::output_head(const float* h, int64_t W, float* logits) {
     const HostMatrix& out = model_.output();
     const int64_t D = c.n_embd, V = c.n_vocab;
     const bool f16 = out.tensor->type == TensorType::F16;
-    pool_->parallel_for(V, 512, [&](int64_t v0, int64_t v1) {
-        std::vector<float> col(static_cast<size_t>(v1 - v0));
-        std::vector<float> erow;
-        for (int64_t w = 0; w < W; ++w) {
-            const float* hw = h + w * D;
-            if (f16) {
-                // F16 rows straight from the file (the common case: 2B-4T's tied embedding).
-                const uint16_t* rows = reinterpret_cast<const uint16_t*>(out.tensor->data) + v0 * D;
-                kernels_->dot_f16(rows, D, v1 - v0, hw, D, col.data());
-            } else {
-                // Other types: dequantize the row, then the same ordered 16-lane sum.
-                erow.resize(static_cast<size_t>(D));
-                for (int64_t v = v0; v < v1; ++v) {
-                    out.row(v, erow.data());
-                    float acc[16] = {0};
-                    for (int64_t i = 0; i < D; ++i) {
-                        const float p = erow[i] * hw[i];
-                        acc[i % 16] = acc[i % 16] + p;
-                    }
-                    for (int s = 8; s >= 1; s /= 2)
-                        for (int l = 0; l < s; ++l) acc[l] = acc[l] + acc[l + s];
-                    col[v - v0] = acc[0];
+    if (f16) {
+        // F16 rows straight from the file (the common case: 2B-4T's tied embedding). Every row
+        // is read once for all W hidden states.
+        const uint16_t* rows = reinterpret_cast<const uint16_t*>(out.tensor->data);
+        pool_->parallel_for(V, 256, [&](int64_t v0, int64_t v1) {
+            kernels_->dot_f16(rows + v0 * D, D, v1 - v0, h, D, W, D, logits + v0, V);
+        });
+        return;
+    }
+    // Other types: dequantize the row, then the same ordered 16-lane sum.
+    pool_->parallel_for(V, 256, [&](int64_t v0, int64_t v1) {
+        std::vector<float> erow(static_cast<size_t>(D));
+        for (int64_t v = v0; v < v1; ++v) {
+            out.row(v, erow.data());
+            for (int64_t w = 0; w < W; ++w) {
+                const float* hw = h + w * D;
+                float acc[16] = {0};
+                for (int64_t i = 0; i < D; ++i) {
+                    const float p = erow[i] * hw[i];
+                    acc[i % 16] = acc[i % 16] + p;
                 }
+                for (int s = 8; s >= 1; s /= 2)
+                    for (int l = 0; l < s; ++l) acc[l] = acc[l] + acc[l + s];
+                logits[w * V + v] = acc[0];
             }
-            std::copy(col.begin(), col.end(), logits + w * V + v0);
         }
     });
 }

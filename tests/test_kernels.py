@@ -74,6 +74,22 @@ def test_dot_f16_bit_identical(kernel, n):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("w", [1, 2, 3, 5, 8, 9, 17])
+@pytest.mark.parametrize("n", [1, 17, 64, 2561])
+def test_dot_f16_batch_bit_identical(kernel, w, n):
+    # Several hidden states against the same rows (batched decode's output head): each
+    # (row, vector) dot equals the single-vector dot bit for bit, in every kernel.
+    rng = np.random.default_rng(100 * w + n)
+    rows = rng.standard_normal((7, n)).astype(np.float16)
+    x = rng.standard_normal((w, n)).astype(np.float32)
+    got = _core._kernel_dot_f16(kernel, rows.view(np.uint16), x)
+    assert got.shape == (w, 7)
+    for i in range(w):
+        one = _core._kernel_dot_f16("ref", rows.view(np.uint16), x[i])
+        assert np.array_equal(one.view(np.uint32), got[i].view(np.uint32))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 64, 100, 128])
 def test_dot_f32_bit_identical(kernel, n):
     rng = np.random.default_rng(n + 1)

@@ -90,6 +90,63 @@ struct Buffer {
     }
 };
 
+// Small batches (up to 32 activation rows: every token block's accumulators fit in the four C
+// tiles): decode is memory-bound, so the weights are expanded a cache line at a time (4 k-steps
+// of 32 rows, 8 KiB, stays in L1) right before the tiles consume them, with the next line of
+// every row prefetched meanwhile.
+void gemm_small_batch(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1,
+                      uint8_t* codes, int32_t* out) {
+    constexpr int64_t kChunk = 4, kLd = kChunk * 64;
+    const int64_t kpad = s.row_bytes * 4, steps = kpad / 64, tblocks = (a.B + 15) / 16;
+    const bool two = tblocks == 2;
+    const uint8_t* act = static_cast<const uint8_t*>(a.prepared);
+    const __m512i shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
+    const __m512i mask3 = _mm512_set1_epi8(3);
+    for (int64_t j = j0; j < j1; j += 32) {
+        const int64_t rows = j1 - j < 32 ? j1 - j : 32;
+        const uint8_t* src = s.packed.data() + j * s.row_bytes;
+        // Missing rows of a partial block: code 1 (t = 0) everywhere, written once.
+        for (int64_t r = rows; r < 32; ++r) std::memset(codes + r * kLd, 1, static_cast<size_t>(kLd));
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t st0 = 0; st0 < steps; st0 += kChunk) {
+            const int64_t n = steps - st0 < kChunk ? steps - st0 : kChunk;
+            for (int64_t r = 0; r < rows; ++r) {
+                const uint8_t* p = src + r * s.row_bytes + st0 * 16;
+                _mm_prefetch(reinterpret_cast<const char*>(p + kChunk * 16 * 2), _MM_HINT_T0);
+                for (int64_t g = 0; g < n; ++g)
+                    _mm512_store_si512(codes + r * kLd + g * 64, expand_group(p + g * 16, shifts, mask3));
+            }
+            for (int64_t g = 0; g < n; ++g) {
+                _tile_loadd(4, codes + g * 64, kLd);
+                _tile_loadd(5, codes + 16 * kLd + g * 64, kLd);
+                _tile_loadd(6, act + act_tile_offset(0, st0 + g, steps), 64);
+                _tile_dpbusd(0, 4, 6);
+                _tile_dpbusd(1, 5, 6);
+                if (two) {
+                    _tile_loadd(7, act + act_tile_offset(1, st0 + g, steps), 64);
+                    _tile_dpbusd(2, 4, 7);
+                    _tile_dpbusd(3, 5, 7);
+                }
+            }
+        }
+        _tile_stored(0, out, 64);
+        _tile_stored(1, out + 256, 64);
+        if (two) {
+            _tile_stored(2, out + 512, 64);
+            _tile_stored(3, out + 768, 64);
+        }
+        for (int c = 0; c < (two ? 4 : 2); ++c) {
+            const int64_t rbase = (c & 1) * 16, nbase = (c >> 1) * 16;
+            for (int64_t r = 0; r < 16 && rbase + r < rows; ++r)
+                for (int64_t n = 0; n < 16 && nbase + n < a.B; ++n)
+                    acc[(nbase + n) * ldacc + j + rbase + r] = out[c * 256 + r * 16 + n] - a.qsum[nbase + n];
+        }
+    }
+}
+
 void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
     if (a.B < 8 || !a.prepared) {
         avx512_kernels().gemm(s, a, acc, ldacc, j0, j1);
@@ -98,8 +155,14 @@ void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t lda
     const int64_t kpad = s.row_bytes * 4, steps = kpad / 64, tblocks = (a.B + 15) / 16;
     const uint8_t* act = static_cast<const uint8_t*>(a.prepared);
     thread_local Buffer codes_buf, out_buf;
-    uint8_t* codes = codes_buf.get(static_cast<size_t>(32 * kpad));
     int32_t* out = reinterpret_cast<int32_t*>(out_buf.get(4 * 16 * 16 * sizeof(int32_t)));
+    if (tblocks <= 2) {
+        configure_tiles();
+        gemm_small_batch(s, a, acc, ldacc, j0, j1, codes_buf.get(32 * 4 * 64), out);
+        _tile_release();
+        return;
+    }
+    uint8_t* codes = codes_buf.get(static_cast<size_t>(32 * kpad));
     const __m512i shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
     const __m512i mask3 = _mm512_set1_epi8(3);
     configure_tiles();

@@ -68,29 +68,45 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
     for (; j < j1; ++j) rows<1>(s, a, j, acc, ldacc);
 }
 
-void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
-    for (int64_t r = 0; r < n_rows; ++r) {
-        const uint16_t* e = rows_ + r * ld;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();   // lanes 0..7 and 8..15
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-            const __m256 e0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i)));
-            const __m256 e1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i + 8)));
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(e0, _mm256_loadu_ps(x + i)));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(e1, _mm256_loadu_ps(x + i + 8)));
+// One fp16 row against XB vectors: the 16 lanes of the contract's order are two ymm halves.
+template <int XB>
+void dot_f16_tile(const uint16_t* e, const float* x, int64_t ldx, int64_t n, float* out, int64_t ldo) {
+    __m256 a0[XB], a1[XB];   // lanes 0..7 and 8..15 of each vector's sum
+    for (int w = 0; w < XB; ++w) a0[w] = a1[w] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 e0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i)));
+        const __m256 e1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i + 8)));
+        for (int w = 0; w < XB; ++w) {
+            a0[w] = _mm256_add_ps(a0[w], _mm256_mul_ps(e0, _mm256_loadu_ps(x + w * ldx + i)));
+            a1[w] = _mm256_add_ps(a1[w], _mm256_mul_ps(e1, _mm256_loadu_ps(x + w * ldx + i + 8)));
         }
+    }
+    for (int w = 0; w < XB; ++w) {
+        const float* xw = x + w * ldx;
         alignas(32) float lane[16];
-        _mm256_store_ps(lane, a0);
-        _mm256_store_ps(lane + 8, a1);
-        for (; i < n; ++i) {
-            const float p = _cvtsh_ss(e[i]) * x[i];
-            lane[i % 16] = lane[i % 16] + p;
+        _mm256_store_ps(lane, a0[w]);
+        _mm256_store_ps(lane + 8, a1[w]);
+        for (int64_t k = i; k < n; ++k) {
+            const float p = _cvtsh_ss(e[k]) * xw[k];
+            lane[k % 16] = lane[k % 16] + p;
         }
         const __m256 s8 = _mm256_add_ps(_mm256_load_ps(lane), _mm256_load_ps(lane + 8));
         const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
         const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        out[r] = _mm_cvtss_f32(s1);
+        out[w * ldo] = _mm_cvtss_f32(s1);
+    }
+}
+
+void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t nx,
+                  int64_t n, float* out, int64_t ldo) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const uint16_t* e = rows_ + r * ld;
+        int64_t w = 0;
+        for (; w + 4 <= nx; w += 4) dot_f16_tile<4>(e, x + w * ldx, ldx, n, out + w * ldo + r, ldo);
+        if (w + 2 <= nx) dot_f16_tile<2>(e, x + w * ldx, ldx, n, out + w * ldo + r, ldo), w += 2;
+        if (w < nx) dot_f16_tile<1>(e, x + w * ldx, ldx, n, out + w * ldo + r, ldo);
     }
 }
 

@@ -165,33 +165,55 @@ inline float reduce16(__m512 acc) {
     return _mm_cvtss_f32(s1);
 }
 
-template <int RB>
-void dot_rows(const uint16_t* e, int64_t ld, const float* x, int64_t n, float* out) {
-    __m512 acc[RB];
-    for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+// RB rows against XB vectors: each fp16 row segment is converted once and used XB times.
+template <int RB, int XB>
+void dot_tile(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, int64_t n, float* out, int64_t ldo) {
+    __m512 acc[RB][XB];
+    for (int r = 0; r < RB; ++r)
+        for (int w = 0; w < XB; ++w) acc[r][w] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        const __m512 xv = _mm512_loadu_ps(x + i);
-        for (int r = 0; r < RB; ++r) {
-            const __m512 ev = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + r * ld + i)));
-            acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(ev, xv));
+        __m512 ev[RB];
+        for (int r = 0; r < RB; ++r)
+            ev[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + r * ld + i)));
+        for (int w = 0; w < XB; ++w) {
+            const __m512 xv = _mm512_loadu_ps(x + w * ldx + i);
+            for (int r = 0; r < RB; ++r) acc[r][w] = _mm512_add_ps(acc[r][w], _mm512_mul_ps(ev[r], xv));
         }
     }
     if (i < n) {
         const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-        const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        for (int r = 0; r < RB; ++r) {
-            const __m512 ev = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, e + r * ld + i));
-            acc[r] = _mm512_mask_add_ps(acc[r], m, acc[r], _mm512_mul_ps(ev, xv));
+        __m512 ev[RB];
+        for (int r = 0; r < RB; ++r) ev[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, e + r * ld + i));
+        for (int w = 0; w < XB; ++w) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x + w * ldx + i);
+            for (int r = 0; r < RB; ++r) acc[r][w] = _mm512_mask_add_ps(acc[r][w], m, acc[r][w], _mm512_mul_ps(ev[r], xv));
         }
     }
-    for (int r = 0; r < RB; ++r) out[r] = reduce16(acc[r]);
+    for (int r = 0; r < RB; ++r)
+        for (int w = 0; w < XB; ++w) out[w * ldo + r] = reduce16(acc[r][w]);
 }
 
-void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+// All nx vectors for RB rows, in groups of up to 8 vectors (the rows stay in L1 meanwhile).
+template <int RB>
+void dot_rows(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, int64_t nx, int64_t n, float* out,
+              int64_t ldo) {
+    int64_t w = 0;
+    for (; w + 8 <= nx; w += 8) dot_tile<RB, 8>(e, ld, x + w * ldx, ldx, n, out + w * ldo, ldo);
+    if (w + 4 <= nx) dot_tile<RB, 4>(e, ld, x + w * ldx, ldx, n, out + w * ldo, ldo), w += 4;
+    if (w + 2 <= nx) dot_tile<RB, 2>(e, ld, x + w * ldx, ldx, n, out + w * ldo, ldo), w += 2;
+    if (w < nx) dot_tile<RB, 1>(e, ld, x + w * ldx, ldx, n, out + w * ldo, ldo);
+}
+
+void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t nx,
+                    int64_t n, float* out, int64_t ldo) {
     int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) dot_rows<4>(rows + r * ld, ld, x, n, out + r);
-    for (; r < n_rows; ++r) dot_rows<1>(rows + r * ld, ld, x, n, out + r);
+    if (nx == 1) {
+        for (; r + 4 <= n_rows; r += 4) dot_tile<4, 1>(rows + r * ld, ld, x, ldx, n, out + r, ldo);
+    } else {
+        for (; r + 2 <= n_rows; r += 2) dot_rows<2>(rows + r * ld, ld, x, ldx, nx, n, out + r, ldo);
+    }
+    for (; r < n_rows; ++r) dot_rows<1>(rows + r * ld, ld, x, ldx, nx, n, out + r, ldo);
 }
 
 template <int RB>

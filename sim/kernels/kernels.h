@@ -68,8 +68,11 @@ struct KernelTable {
     const char* name;
     void (*gemm)(const TernarySlot& slot, const ActBatch& act, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1);
     // Host-side helper the runtime uses for the output head: dot products of fp16 rows with
-    // an fp32 vector. out[r] = sum_i fp16(rows[r * ld + i]) * x[i] for r in [0, n_rows).
-    void (*dot_f16)(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
+    // nx fp32 vectors (a decode batch shares each row read):
+    //     out[w * ldo + r] = sum_i fp16(rows[r * ld + i]) * x[w * ldx + i]
+    // for r in [0, n_rows), w in [0, nx), each in the fixed order of docs/NUMERICS.md.
+    void (*dot_f16)(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t nx,
+                    int64_t n, float* out, int64_t ldo);
     // fp32 dot products in the same fixed order (attention scores): out[r] = rows[r*ld..] . x
     void (*dot_f32)(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
     // Exact int8 dot products (the fast output head's scoring pass), values in [-127, 127]:
