@@ -58,18 +58,14 @@ const X86Features& features() {
 }
 #endif
 
+#if defined(__x86_64__) || defined(_M_X64)
 bool cpu_has(const char* what) {
     const std::string w(what);
-#if defined(__x86_64__) || defined(_M_X64)
     if (w == "avx2") return features().avx2;
     if (w == "avx512") return features().avx512;
     return false;
-#elif defined(__aarch64__)
-    return w == "neon";   // Advanced SIMD is mandatory on AArch64
-#else
-    return false;
-#endif
 }
+#endif
 
 }  // namespace
 

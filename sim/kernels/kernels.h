@@ -75,7 +75,8 @@ struct KernelTable {
                     int64_t n, float* out, int64_t ldo);
     // fp32 dot products in the same fixed order (attention scores): out[r] = rows[r*ld..] . x
     void (*dot_f32)(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
-    // Exact int8 dot products (the fast output head's scoring pass), values in [-127, 127]:
+    // Exact int8 dot products (the fast output head's scoring pass), rows and x both in
+    // [-127, 127] (-128 is excluded: the AVX2 kernel's sign trick cannot negate it):
     // out[r] = sum_i rows[r * ld + i] * x[i].
     void (*dot_i8)(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out);
     // Optional: re-arrange a command's activations once before gemm runs on many row blocks

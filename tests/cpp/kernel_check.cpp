@@ -1,0 +1,132 @@
+// kernel_check: every kernel this CPU and build can run, bit for bit against the scalar
+// reference, on random and edge-case shapes. Standalone (no Python), so it also runs on
+// targets the wheel is not tested on, e.g. the NEON kernels of an AArch64 cross build under
+// qemu (tests/cpp/run_kernel_check.sh). Exit status 0 = all equal.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../sim/kernels/kernels.h"
+
+using namespace bitnet::sim;
+
+namespace {
+
+int failures = 0;
+long checks = 0;
+
+void expect(bool ok, const std::string& what) {
+    ++checks;
+    if (!ok && failures++ < 20) std::fprintf(stderr, "MISMATCH %s\n", what.c_str());
+}
+
+void check_gemm(const KernelTable& k, std::mt19937_64& rng, int64_t N, int64_t K, int64_t B, int mode) {
+    std::vector<int8_t> t(static_cast<size_t>(N * K));
+    std::uniform_int_distribution<int> tri(-1, 1), q8(-128, 127), sparse(0, 9);
+    for (auto& v : t) v = static_cast<int8_t>(mode == 2 ? (sparse(rng) == 0 ? tri(rng) : 0) : tri(rng));
+    TernarySlot slot;
+    pack_slot(t.data(), N, K, 1.0f, slot);
+    const int64_t kpad = slot_k_padded(K);
+    std::vector<int8_t> q(static_cast<size_t>(B * kpad), 0);
+    std::vector<int32_t> qsum(static_cast<size_t>(B), 0);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < K; ++i) {
+            const int v = mode == 1 ? (i % 2 ? -128 : 127) : q8(rng);   // mode 1: extremes
+            q[static_cast<size_t>(b * kpad + i)] = static_cast<int8_t>(v);
+            qsum[static_cast<size_t>(b)] += v;
+        }
+    ActBatch act;
+    act.q = q.data();
+    act.B = B;
+    act.K = K;
+    act.ldq = kpad;
+    act.qsum = qsum.data();
+    std::vector<int32_t> ref(static_cast<size_t>(B * N), 0), got(static_cast<size_t>(B * N), 0);
+    ref_kernels().gemm(slot, act, ref.data(), N, 0, N);
+    std::vector<uint8_t> prep;
+    ActBatch kact = act;
+    if (k.prepared_size && k.prepared_size(act) > 0) {
+        prep.resize(k.prepared_size(act) + 64);
+        uint8_t* aligned = prep.data() + (64 - reinterpret_cast<uintptr_t>(prep.data()) % 64) % 64;
+        k.prepare_act(act, aligned);
+        kact.prepared = aligned;
+    }
+    // The whole range, then a sub-range (rows outside it must stay untouched).
+    k.gemm(slot, kact, got.data(), N, 0, N);
+    expect(got == ref, std::string(k.name) + " gemm N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                           " B=" + std::to_string(B) + " mode=" + std::to_string(mode));
+    if (N > 2) {
+        std::fill(got.begin(), got.end(), 0);
+        const int64_t j0 = 1, j1 = N - 1;
+        k.gemm(slot, kact, got.data(), N, j0, j1);
+        bool ok = true;
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t j = 0; j < N; ++j) {
+                const int32_t want = (j >= j0 && j < j1) ? ref[static_cast<size_t>(b * N + j)] : 0;
+                ok = ok && got[static_cast<size_t>(b * N + j)] == want;
+            }
+        expect(ok, std::string(k.name) + " gemm row range N=" + std::to_string(N) + " K=" + std::to_string(K));
+    }
+}
+
+uint16_t random_half(std::mt19937_64& rng) {
+    // Any finite fp16 (subnormals and signed zeros included; exponent 31 = inf/NaN excluded).
+    for (;;) {
+        const uint16_t h = static_cast<uint16_t>(rng());
+        if (((h >> 10) & 0x1f) != 0x1f) return h;
+    }
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n, int64_t nx) {
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<uint16_t> h(static_cast<size_t>(R * n));
+    for (auto& v : h) v = random_half(rng);
+    std::vector<float> x(static_cast<size_t>(nx * n)), rows(static_cast<size_t>(R * n));
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : rows) v = nd(rng);
+    std::vector<float> ref(static_cast<size_t>(nx * R)), got(ref.size());
+    ref_kernels().dot_f16(h.data(), n, R, x.data(), n, nx, n, ref.data(), R);
+    k.dot_f16(h.data(), n, R, x.data(), n, nx, n, got.data(), R);
+    expect(same_bits(ref, got), std::string(k.name) + " dot_f16 R=" + std::to_string(R) + " n=" + std::to_string(n) +
+                                    " nx=" + std::to_string(nx));
+    std::vector<float> r32(static_cast<size_t>(R)), g32(static_cast<size_t>(R));
+    ref_kernels().dot_f32(rows.data(), n, R, x.data(), n, r32.data());
+    k.dot_f32(rows.data(), n, R, x.data(), n, g32.data());
+    expect(same_bits(r32, g32), std::string(k.name) + " dot_f32 n=" + std::to_string(n));
+    std::uniform_int_distribution<int> e8(-127, 127);   // dot_i8's contract: both operands in [-127, 127]
+    std::vector<int8_t> ri(static_cast<size_t>(R * n)), xi(static_cast<size_t>(n));
+    for (auto& v : ri) v = static_cast<int8_t>(e8(rng));
+    for (auto& v : xi) v = static_cast<int8_t>(e8(rng));
+    std::vector<int32_t> ri32(static_cast<size_t>(R)), gi32(static_cast<size_t>(R));
+    ref_kernels().dot_i8(ri.data(), n, R, xi.data(), n, ri32.data());
+    k.dot_i8(ri.data(), n, R, xi.data(), n, gi32.data());
+    expect(ri32 == gi32, std::string(k.name) + " dot_i8 n=" + std::to_string(n));
+}
+
+}  // namespace
+
+int main() {
+    std::mt19937_64 rng(20261128);
+    const std::vector<std::string> names = available_kernels();
+    for (const std::string& name : names) {
+        if (name == "ref") continue;
+        const KernelTable& k = kernels_by_name(name);
+        for (int64_t K : {1, 17, 63, 64, 65, 128, 321, 640, 2567})
+            for (int64_t B : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 64})
+                for (int mode = 0; mode < 3; ++mode) check_gemm(k, rng, (K % 7) + 33, K, B, mode);
+        for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 2560, 2561})
+            for (int64_t nx : {1, 2, 3, 5, 8, 9}) check_dots(k, rng, 9, n, nx);
+        std::printf("kernel %s checked\n", name.c_str());
+    }
+    std::printf("%ld checks over kernels:", checks);
+    for (const auto& n : names) std::printf(" %s", n.c_str());
+    std::printf("; %d mismatches\n", failures);
+    return failures == 0 ? 0 : 1;
+}
