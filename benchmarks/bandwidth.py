@@ -18,8 +18,12 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     a = p.parse_args()
     nbytes = int(a.gib * 2**30)
+    kernels = _core.available_kernels()
     for t in sorted({1, a.threads}):
-        print(f"read bandwidth, {t} thread(s): {_core._read_bandwidth(nbytes, t, a.reps):.1f} GB/s")
+        row = {k: _core._read_bandwidth(nbytes, t, a.reps, k) for k in kernels}
+        best = max(row, key=row.get)
+        print(f"read bandwidth, {t} thread(s): {row[best]:.1f} GB/s ({best} loads; "
+              + ", ".join(f"{k} {v:.1f}" for k, v in row.items()) + ")")
 
 
 if __name__ == "__main__":

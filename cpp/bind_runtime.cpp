@@ -343,35 +343,33 @@ void bind_runtime(py::module_& m) {
               return out;
           },
           py::arg("kernel"), py::arg("rows"), py::arg("x"));
-    // Memory read bandwidth of this machine (benchmarks/bandwidth.py): reads a buffer of
-    // `bytes` with `threads` threads of a persistent pool, `reps` times; returns GB/s.
+    // Memory read bandwidth of this machine (benchmarks/bandwidth.py, `bitnet bench`): streams
+    // a buffer of `bytes` with `threads` threads of a persistent pool using a kernel's widest
+    // loads (default: this process's kernel), best of `reps` after one warm-up; returns GB/s.
     m.def("_read_bandwidth",
-          [](int64_t bytes, int threads, int reps) {
-              if (bytes < (1 << 20) || threads < 1 || reps < 1) throw Error(ErrorCode::INVALID, "bad arguments");
-              std::vector<uint64_t> buf(static_cast<size_t>(bytes / 8), 1);
+          [](int64_t bytes, int threads, int reps, const std::string& kernel) {
+              if (bytes < (1 << 20) || threads < 1 || threads > 1024 || reps < 1)
+                  throw Error(ErrorCode::INVALID, "bytes must be >= 1 MiB, threads in [1, 1024], reps >= 1");
+              const sim::KernelTable& k = kernel.empty() ? sim::select_kernels() : sim::kernels_by_name(kernel);
+              const int64_t chunk = (bytes / threads + 4095) / 4096 * 4096, total = chunk * threads;
+              std::vector<uint8_t> raw(static_cast<size_t>(total + 64));
+              uint8_t* buf = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;
+              for (int64_t i = 0; i < total; i += 4096) buf[i] = static_cast<uint8_t>(i >> 12);   // fault pages in
               ThreadPool pool(threads);
-              const int64_t n = static_cast<int64_t>(buf.size()), chunk = (n + threads - 1) / threads;
               std::vector<uint64_t> sums(static_cast<size_t>(threads));
               double best = 0;
               py::gil_scoped_release nogil;
               for (int r = 0; r < reps + 1; ++r) {
                   const auto t0 = std::chrono::steady_clock::now();
-                  pool.parallel_for(threads, 1, [&](int64_t t0_, int64_t t1_) {
-                      for (int64_t t = t0_; t < t1_; ++t) {
-                          uint64_t s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                          const int64_t b = t * chunk, e = std::min(n, b + chunk);
-                          int64_t i = b;
-                          for (; i + 8 <= e; i += 8)
-                              for (int k = 0; k < 8; ++k) s[k] += buf[static_cast<size_t>(i + k)];
-                          sums[static_cast<size_t>(t)] = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
-                      }
+                  pool.parallel_for(threads, 1, [&](int64_t b, int64_t e) {
+                      for (int64_t t = b; t < e; ++t) sums[static_cast<size_t>(t)] = k.read_sum(buf + t * chunk, chunk);
                   });
                   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                  if (r > 0) best = std::max(best, static_cast<double>(n * 8) / dt / 1e9);   // r == 0 warms up
+                  if (r > 0) best = std::max(best, static_cast<double>(total) / dt / 1e9);   // r == 0 warms up
               }
               return best;
           },
-          py::arg("bytes") = int64_t{1} << 30, py::arg("threads") = 1, py::arg("reps") = 3);
+          py::arg("bytes") = int64_t{1} << 30, py::arg("threads") = 1, py::arg("reps") = 3, py::arg("kernel") = "");
     m.def("board_profiles", &sim::board_profile_names);
     m.def("available_kernels", &sim::available_kernels);
 }

@@ -228,7 +228,7 @@ bool amx_available() {
 
 const KernelTable& amx_kernels() {
     const KernelTable& b = avx512_kernels();
-    static const KernelTable table{"amx", amx_gemm, b.dot_f16, b.dot_f32, b.dot_i8, amx_prepared_size, amx_prepare_act};
+    static const KernelTable table{"amx", amx_gemm, b.dot_f16, b.dot_f32, b.dot_i8, amx_prepared_size, amx_prepare_act, b.read_sum};
     return table;
 }
 

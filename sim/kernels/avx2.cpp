@@ -154,10 +154,21 @@ void avx2_dot_i8(const int8_t* rows_, int64_t ld, int64_t n_rows, const int8_t* 
     }
 }
 
+uint64_t avx2_read_sum(const uint8_t* p, int64_t n) {
+    __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
+    for (int64_t i = 0; i < n; i += 64) {
+        a = _mm256_add_epi64(a, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+        b = _mm256_add_epi64(b, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
+    }
+    alignas(32) uint64_t s[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(s), _mm256_add_epi64(a, b));
+    return s[0] + s[1] + s[2] + s[3];
+}
+
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16, avx2_dot_f32, avx2_dot_i8, nullptr, nullptr};
+    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16, avx2_dot_f32, avx2_dot_i8, nullptr, nullptr, avx2_read_sum};
     return table;
 }
 

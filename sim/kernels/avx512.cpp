@@ -263,10 +263,21 @@ void avx512_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t*
     }
 }
 
+uint64_t avx512_read_sum(const uint8_t* p, int64_t n) {
+    __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        a = _mm512_add_epi64(a, _mm512_load_si512(p + i));
+        b = _mm512_add_epi64(b, _mm512_load_si512(p + i + 64));
+    }
+    if (i < n) a = _mm512_add_epi64(a, _mm512_load_si512(p + i));
+    return static_cast<uint64_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(a, b)));
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16, avx512_dot_f32, avx512_dot_i8, nullptr, nullptr};
+    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16, avx512_dot_f32, avx512_dot_i8, nullptr, nullptr, avx512_read_sum};
     return table;
 }
 

@@ -86,6 +86,10 @@ struct KernelTable {
     // no standard-library templates.)
     size_t (*prepared_size)(const ActBatch& act);
     void (*prepare_act)(const ActBatch& act, uint8_t* buf);
+    // Streams n bytes (n a multiple of 64, p 64-byte aligned) with the widest loads of this ISA
+    // and returns a checksum: the machine's read bandwidth as decode sees it
+    // (benchmarks/bandwidth.py, `bitnet bench`).
+    uint64_t (*read_sum)(const uint8_t* p, int64_t n);
 };
 
 const KernelTable& ref_kernels();

@@ -132,10 +132,21 @@ void neon_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x
     }
 }
 
+uint64_t neon_read_sum(const uint8_t* p, int64_t n) {
+    uint64x2_t a = vdupq_n_u64(0), b = vdupq_n_u64(0), c = vdupq_n_u64(0), d = vdupq_n_u64(0);
+    for (int64_t i = 0; i < n; i += 64) {
+        a = vaddq_u64(a, vld1q_u64(reinterpret_cast<const uint64_t*>(p + i)));
+        b = vaddq_u64(b, vld1q_u64(reinterpret_cast<const uint64_t*>(p + i + 16)));
+        c = vaddq_u64(c, vld1q_u64(reinterpret_cast<const uint64_t*>(p + i + 32)));
+        d = vaddq_u64(d, vld1q_u64(reinterpret_cast<const uint64_t*>(p + i + 48)));
+    }
+    return vaddvq_u64(vaddq_u64(vaddq_u64(a, b), vaddq_u64(c, d)));
+}
+
 }  // namespace
 
 const KernelTable& neon_kernels() {
-    static const KernelTable table{"neon", neon_gemm, neon_dot_f16, neon_dot_f32, neon_dot_i8, nullptr, nullptr};
+    static const KernelTable table{"neon", neon_gemm, neon_dot_f16, neon_dot_f32, neon_dot_i8, nullptr, nullptr, neon_read_sum};
     return table;
 }
 

@@ -121,10 +121,20 @@ void ref_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x,
     }
 }
 
+uint64_t ref_read_sum(const uint8_t* p, int64_t n) {
+    uint64_t s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t i = 0; i < n; i += 64) {
+        uint64_t w[8];
+        __builtin_memcpy(w, p + i, sizeof w);
+        for (int k = 0; k < 8; ++k) s[k] += w[k];
+    }
+    return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+}
+
 }  // namespace
 
 const KernelTable& ref_kernels() {
-    static const KernelTable table{"ref", ref_gemm, ref_dot_f16, ref_dot_f32, ref_dot_i8, nullptr, nullptr};
+    static const KernelTable table{"ref", ref_gemm, ref_dot_f16, ref_dot_f32, ref_dot_i8, nullptr, nullptr, ref_read_sum};
     return table;
 }
 

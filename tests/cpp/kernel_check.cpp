@@ -123,6 +123,13 @@ int main() {
                 for (int mode = 0; mode < 3; ++mode) check_gemm(k, rng, (K % 7) + 33, K, B, mode);
         for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 2560, 2561})
             for (int64_t nx : {1, 2, 3, 5, 8, 9}) check_dots(k, rng, 9, n, nx);
+        {   // read_sum: the same checksum as the reference, for any length that is a multiple of 64
+            std::vector<uint8_t> raw(64 * 1000 + 64);
+            uint8_t* p = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;
+            for (size_t i = 0; i < 64 * 1000; ++i) p[i] = static_cast<uint8_t>(rng());
+            for (int64_t n : {64, 128, 192, 64 * 999, 64 * 1000})
+                expect(k.read_sum(p, n) == ref_kernels().read_sum(p, n), std::string(name) + " read_sum n=" + std::to_string(n));
+        }
         std::printf("kernel %s checked\n", name.c_str());
     }
     std::printf("%ld checks over kernels:", checks);
