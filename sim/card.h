@@ -2,16 +2,15 @@
 //
 // What it models (DESIGN.md section 2): a ternary matrix engine with its own weight memory
 // (slots, each one packed ternary matrix + fp32 scale, bounded by the board's capacity) and a
-// command processor. Commands run on the card's own worker thread, so the card really is busy
-// while it computes, and every command advances the cycle counters of the board's cycle model
+// command processor. Commands are serialised by the engine (one at a time, the caller waits,
+// as on the card), run on the caller's thread with the thread pool, and every command advances the cycle counters of the board's cycle model
 // (docs/NUMERICS.md "Card arithmetic", docs/DEVICE_ABI.md "Cycle model").
 //
 // Engine arithmetic, per activation row b and output row j of a slot (the card contract):
 //     acc[b][j] = sum_k q[b][k] * t[j][k]          int8 x ternary -> exact int32
 //     y[b][j]   = ((float)acc[b][j] / s_x[b]) * beta    fp32, in this order
 //
-// Thread-safety: all public methods may be called from any thread; commands are serialised
-// on the worker.
+// Thread-safety: all public methods may be called from any thread; commands are serialised.
 #pragma once
 
 #include <atomic>
@@ -121,7 +120,7 @@ public:
     SlotInfo slot_info(int slot) const;   // throws Error(INVALID) for an empty slot
     uint64_t weight_used() const;
 
-    // Run a command on the card worker; blocks until it finished. Validates the command
+    // Run a command on the engine; blocks until it finished. Validates the command
     // first (slots exist and match K; buffers non-null); throws Error(INVALID) otherwise.
     void run(const MatmulCommand& cmd);
 
@@ -136,14 +135,13 @@ public:
     std::vector<int8_t> read_slot(int slot) const;
 
 private:
-    void execute(std::function<void()> task);   // run on the worker and wait
-    void worker_loop();
-    void run_on_worker(const MatmulCommand& cmd);
+    void execute(const std::function<void()>& task);   // run one command on the engine
+    void run_command(const MatmulCommand& cmd);
 
     BoardProfile profile_;
     ThreadPool* pool_;
     const KernelTable* kernels_;
-    std::vector<int8_t> act_;        // padded activations of the running command (worker only)
+    std::vector<int8_t> act_;        // padded activations of the running command (inside a command only)
     std::vector<int32_t> qsum_;
     std::vector<uint8_t> prepared_;  // kernel-specific activation layout of the command
     std::vector<int32_t> acc_;
@@ -156,16 +154,8 @@ private:
     Counters counters_;
     std::atomic<int> faults_{0};
 
-    std::mutex queue_mutex_;
-    std::condition_variable queue_cv_;
-    std::deque<std::function<void()>> queue_;
-    // With a spare core (pool smaller than the CPU count), the host thread and the card worker
-    // poll briefly for each other instead of sleeping: a wake-up costs tens of microseconds
-    // under a hypervisor, more than most commands of a small model.
-    bool spin_ = false;
-    std::atomic<int> pending_{0};
+    std::mutex engine_mutex_;   // one command at a time
     bool stopping_ = false;
-    std::thread worker_;
 };
 
 }  // namespace sim
