@@ -250,9 +250,13 @@ class MemoryResult:
                                                        "(weight_bytes_read counter)")
     decode_tokens_per_s: float = _f("tokens/s", "mean batch-1 decode tokens/s of the memory test's requests")
     achieved_decode_bandwidth_gbps: float = _f("GB/s", "decode_weight_bytes_per_token * decode_tokens_per_s / 1e9")
+    head_bytes_per_token: int = _f("bytes", "output-head bytes the host reads per decode step (the file's "
+                                            "output.weight, or token_embd.weight when tied)")
+    total_decode_bandwidth_gbps: float = _f("GB/s", "(decode_weight_bytes_per_token + head_bytes_per_token) * "
+                                                    "decode_tokens_per_s / 1e9")
     machine_read_bandwidth_gbps: float = _f("GB/s", "best read bandwidth of a bandwidth_mib buffer with the "
                                                     "device's thread count (bitnet._core._read_bandwidth)")
-    bandwidth_utilization: float = _f("fraction", "achieved_decode_bandwidth_gbps / machine_read_bandwidth_gbps")
+    bandwidth_utilization: float = _f("fraction", "total_decode_bandwidth_gbps / machine_read_bandwidth_gbps")
     card_decode_tokens_per_s: float = _f("tokens/s", "clock / card cycles per decode step (card counters)")
     card_decode_bandwidth_gbps: float = _f("GB/s", "decode_weight_bytes_per_token * card_decode_tokens_per_s / 1e9")
     card_ddr_gbps: float = _f("GB/s", "the card's weight-memory bandwidth (card_info ddr_gbps)")
@@ -360,6 +364,15 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _head_bytes(model: str) -> int:
+    """Bytes of the output head as stored in the file (the host reads it whole per step)."""
+    from .. import _core
+
+    tensors = {t["name"]: t for t in _core.GGUFFile(model).tensors()}
+    t = tensors.get("output.weight") or tensors.get("token_embd.weight")
+    return int(t["nbytes"]) if t else 0
 
 
 # ---------------------------------------------------------------------------- the runner
@@ -488,6 +501,8 @@ class BenchmarkRunner:
             load = self._load
         decode_tps = statistics.fmean([t.decode_tokens_per_s for t in runs])
         achieved = bytes_per_token * decode_tps / 1e9
+        head = _head_bytes(cfg.model)
+        total = (bytes_per_token + head) * decode_tps / 1e9
         clock_hz = float(perf["clock_mhz"]) * 1e6
         card_tps = clock_hz / cycles_per_token if cycles_per_token > 0 else float("nan")
         return MemoryResult(
@@ -497,8 +512,9 @@ class BenchmarkRunner:
             peak_rss_bytes=peak, peak_rss_scope=str(load["scope"]), load_seconds=float(load["seconds"]),
             card_weight_bytes=int(card["weight_used"]), card_weight_capacity_bytes=int(card["weight_capacity"]),
             decode_weight_bytes_per_token=float(bytes_per_token), decode_tokens_per_s=float(decode_tps),
-            achieved_decode_bandwidth_gbps=float(achieved), machine_read_bandwidth_gbps=machine,
-            bandwidth_utilization=achieved / machine if machine > 0 else float("nan"),
+            achieved_decode_bandwidth_gbps=float(achieved), head_bytes_per_token=head,
+            total_decode_bandwidth_gbps=float(total), machine_read_bandwidth_gbps=machine,
+            bandwidth_utilization=total / machine if machine > 0 else float("nan"),
             card_decode_tokens_per_s=float(card_tps),
             card_decode_bandwidth_gbps=float(bytes_per_token * card_tps / 1e9),
             card_ddr_gbps=float(card["ddr_gbps"]),
