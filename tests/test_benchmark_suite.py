@@ -282,6 +282,24 @@ def test_nan_is_null_in_every_format(report):
     assert "| card_decode_tokens_per_s | n/a | tokens/s |" in gen.to_markdown()
 
 
+def test_job_token_times(model):
+    """The device stamps each token as it publishes it (the suite's clock)."""
+    from bitnet import BitNetError
+
+    with BitNet("sim") as bn:
+        bn.load_weights(model)
+        job = bn._dev.submit([[1, 2, 3], [4, 5, 6]], 5, 0.0, 0, 1.0, 0, [])
+        assert job.wait(60_000)
+        for seq in (0, 1):
+            t = job.token_times(seq)
+            assert t.dtype == "float64" and len(t) == len(job.tokens(seq)) == 5
+            assert 0 < t[0] and all(a <= b for a, b in zip(t, t[1:])) and t[-1] <= job.seconds
+        # Rows of a batch advance together: row 1's token k comes right after row 0's.
+        assert all(a <= b for a, b in zip(job.token_times(0), job.token_times(1)))
+        with pytest.raises(BitNetError):
+            job.token_times(2)
+
+
 # ---------------------------------------------------------------------------- same as `bitnet bench`
 def test_consistent_with_bitnet_bench(model, monkeypatch):
     """`bitnet bench`'s tg and the suite's generated tokens/s are one routine on the same job
@@ -297,7 +315,7 @@ def test_consistent_with_bitnet_bench(model, monkeypatch):
 
     monkeypatch.setattr(bench, "measure_generation", spy("bench"))
     monkeypatch.setattr(suite, "measure_generation", spy("suite"))
-    n_gen, batch, reps = 12, 2, 5
+    n_gen, batch, reps = 12, 2, 7
     (tg,) = bench_bitnet(model, 0, n_gen, threads=os.cpu_count() or 1, reps=reps, batch=batch)
     assert tg.test == f"tg{n_gen} x{batch}"
     rep = BenchmarkRunner(BenchmarkConfig(model, types="throughput", iterations=reps, warmup=1, batch_sizes=[batch],
@@ -309,8 +327,9 @@ def test_consistent_with_bitnet_bench(model, monkeypatch):
     assert tg.samples == [t.generated_tokens_per_s for t in calls["bench"][1:]]
     suite_samples = [t.generated_tokens_per_s for t in calls["suite"][1:]]
     assert row.generated_tokens_per_s.mean == pytest.approx(statistics.fmean(suite_samples))
-    # Measured values: same magnitude (generous: two runs on a shared machine).
-    ratio = statistics.median(tg.samples) / row.generated_tokens_per_s.p50
+    # Measured values: same magnitude. Generous, and on the best repetition of each, the
+    # figure that noise on a shared machine disturbs least (noise only ever slows a run).
+    ratio = max(tg.samples) / row.generated_tokens_per_s.max
     assert 0.1 < ratio < 10, (tg.samples, suite_samples)
 
 
