@@ -83,6 +83,10 @@ def _md(v: Value) -> str:
     return str(v).replace("|", "\\|")
 
 
+def _mean_std(s: Stats) -> str:
+    return f"{_md(_finite(s.mean))} ± {_md(_finite(s.std))}"
+
+
 def _table(header: List[str], rows: List[List[str]]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -166,11 +170,8 @@ class ReportGenerator:
         if r.throughput:
             lines += ["## Throughput", "",
                       "Each batch is one job: every row advances one token per forward pass. Mean ± std.", ""]
-            summary = []
-            for t in r.throughput:
-                cell = lambda s: f"{_md(_finite(s.mean))} ± {_md(_finite(s.std))}"   # noqa: E731
-                summary.append([str(t.batch_size), cell(t.prompt_tokens_per_s), cell(t.generated_tokens_per_s),
-                                cell(t.decode_tokens_per_s), cell(t.request_seconds)])
+            summary = [[str(t.batch_size), _mean_std(t.prompt_tokens_per_s), _mean_std(t.generated_tokens_per_s),
+                        _mean_std(t.decode_tokens_per_s), _mean_std(t.request_seconds)] for t in r.throughput]
             lines += _table(["batch", "prompt tokens/s", "generated tokens/s", "decode tokens/s", "request s"],
                             summary)
             lines += self._section_tables("throughput", recs, stats_header)
