@@ -1,4 +1,4 @@
-"""``bitnet bench``: llama-bench-style speed measurements on the simulator, with an optional
+"""``bitnet bench``: llama-bench-style speed measurements on the device (the simulator by default), with an optional
 peer (llama.cpp through llama-cpp-python) run on the same model file in the same process.
 
 Prompt processing (``ppN``) is the time to run an N-token prompt and produce the next
