@@ -2,6 +2,7 @@
 // these in the seed API; every call that touches the card or runs the model releases the GIL.
 #include <pybind11/numpy.h>
 
+#include <algorithm>
 #include <chrono>
 #include <pybind11/stl.h>
 
@@ -71,6 +72,14 @@ void bind_runtime(py::module_& m) {
         .def("tokens", [](const Job& j, size_t seq) { return to_numpy(j.tokens(seq)); }, py::arg("seq") = 0)
         .def("tokens_from", [](const Job& j, size_t start, size_t seq) { return to_numpy(j.tokens_from(start, seq)); },
              py::arg("start"), py::arg("seq") = 0)
+        .def("token_times", [](const Job& j, size_t seq) {
+                 const std::vector<double> t = j.token_times(seq);
+                 py::array_t<double> out(static_cast<py::ssize_t>(t.size()));
+                 if (!t.empty()) std::copy(t.begin(), t.end(), out.mutable_data());
+                 return out;
+             }, py::arg("seq") = 0,
+             "Seconds since the job started at which each token of sequence seq was produced (float64).")
+        .def_property_readonly("seconds", &Job::seconds, "Seconds from the job's start to its end; 0 while it runs.")
         .def_property_readonly("stop_reason", [](const Job& j) { return j.stop_reason(); })
         .def("seq_stop_reason", [](const Job& j, size_t seq) { return j.stop_reason(seq); }, py::arg("seq"))
         .def("rethrow_if_failed", &Job::rethrow_if_failed);

@@ -31,10 +31,16 @@ void Job::check_seq(size_t seq) const {
                                             std::to_string(tokens_.size()));
 }
 
+static double since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 void Job::push(size_t seq, int32_t token) {
+    const double t = since(start_);
     {
         std::lock_guard<std::mutex> lock(mu_);
         tokens_[seq].push_back(token);
+        token_times_[seq].push_back(t);
     }
     cv_.notify_all();
 }
@@ -48,6 +54,7 @@ void Job::finish(const std::string& reason, std::exception_ptr error) {
     {
         std::lock_guard<std::mutex> lock(mu_);
         done_ = true;
+        seconds_ = since(start_);
         reason_ = reason;
         error_ = error;
         for (auto& r : reasons_)
@@ -83,6 +90,17 @@ std::vector<int32_t> Job::tokens(size_t seq) const {
     check_seq(seq);
     std::lock_guard<std::mutex> lock(mu_);
     return tokens_[seq];
+}
+
+std::vector<double> Job::token_times(size_t seq) const {
+    check_seq(seq);
+    std::lock_guard<std::mutex> lock(mu_);
+    return token_times_[seq];
+}
+
+double Job::seconds() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return seconds_;
 }
 
 std::vector<int32_t> Job::tokens_from(size_t start, size_t seq) const {

@@ -60,7 +60,7 @@ struct GenerateRequest {
 
 class Job {
 public:
-    explicit Job(size_t n_seq = 1) : tokens_(n_seq), reasons_(n_seq) {}
+    explicit Job(size_t n_seq = 1) : tokens_(n_seq), token_times_(n_seq), reasons_(n_seq) {}
     size_t n_seq() const { return tokens_.size(); }
     // Waits up to timeout_ms (< 0: forever) for the job to finish; true if it has.
     bool wait(int64_t timeout_ms);
@@ -70,6 +70,12 @@ public:
     void abort() { abort_.store(true); }
     std::vector<int32_t> tokens(size_t seq = 0) const;
     std::vector<int32_t> tokens_from(size_t start, size_t seq = 0) const;
+    // When each token of sequence `seq` was produced: seconds since the job was created
+    // (steady clock, read by the worker as it publishes the token). Benchmarks time prefill
+    // and decode steps with it without waking a waiting thread for every token.
+    std::vector<double> token_times(size_t seq = 0) const;
+    // Seconds from creation to finish; 0 while the job runs.
+    double seconds() const;
     // Why the job (or one sequence of it) ended: "", "stop", "length", "aborted", "error".
     std::string stop_reason() const;
     std::string stop_reason(size_t seq) const;
@@ -85,9 +91,12 @@ private:
 
     mutable std::mutex mu_;
     std::condition_variable cv_;
+    const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
     std::vector<std::vector<int32_t>> tokens_;
+    std::vector<std::vector<double>> token_times_;
     std::vector<std::string> reasons_;
     bool done_ = false;
+    double seconds_ = 0.0;
     std::string reason_;
     std::exception_ptr error_;
     std::atomic<bool> abort_{false};

@@ -1,9 +1,11 @@
-"""``bitnet bench``: llama-bench-style speed measurements on the simulator, with an optional
+"""``bitnet bench``: llama-bench-style speed measurements on the device (the simulator by default), with an optional
 peer (llama.cpp through llama-cpp-python) run on the same model file in the same process.
 
 Prompt processing (``ppN``) is the time to run an N-token prompt and produce the next
 token's logits; text generation (``tgN``) is N tokens decoded one by one after a one-token
 prompt. Each test runs ``-r`` times after one warm-up; the table shows mean ± stddev.
+Our figures come from :func:`bitnet.benchmark.timing.measure_generation`, the routine the
+suite (``python -m bitnet.benchmark``) also uses.
 """
 from __future__ import annotations
 
@@ -17,11 +19,15 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-__all__ = ["BenchResult", "bench_bitnet", "bench_llama_cpp", "main", "cpu_features"]
+from .timing import measure_generation
+
+__all__ = ["BenchResult", "add_arguments", "bench_bitnet", "bench_llama_cpp", "cpu_features", "format_table", "main"]
 
 
 @dataclass
 class BenchResult:
+    """One row of the ``bitnet bench`` table: ``samples`` holds tokens/s of each repetition."""
+
     engine: str
     test: str
     threads: int
@@ -52,6 +58,12 @@ def cpu_features() -> str:
     return " ".join(f for f in wanted if f in flags) or platform.machine()
 
 
+def _rates(fn: Callable[[], float], reps: int) -> List[float]:
+    """``reps`` tokens/s figures from ``fn`` after one warm-up call."""
+    fn()
+    return [fn() for _ in range(reps)]
+
+
 def _time_reps(fn: Callable[[], int], reps: int) -> List[float]:
     fn()   # warm-up
     out = []
@@ -63,8 +75,13 @@ def _time_reps(fn: Callable[[], int], reps: int) -> List[float]:
 
 
 def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, batch: int = 1,
-                 fast_head: bool = False, device: str = "sim") -> List[BenchResult]:
-    from .core import BitNet
+                 fast_head: bool = False, device: Optional[str] = "sim") -> List[BenchResult]:
+    """``pp{n_prompt}`` and ``tg{n_gen}`` tokens/s on ``device``, ``reps`` repetitions each.
+
+    ``n_prompt`` or ``n_gen`` of 0 skips that test; ``batch`` rows decode together in tg
+    (the figure counts the tokens of every row). ``device=None`` is the default device.
+    """
+    from ..core import BitNet
 
     rng = np.random.default_rng(0)
     results = []
@@ -76,25 +93,18 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
         if n_prompt > 0:
             prompt = rng.integers(0, vocab, size=n_prompt).astype(np.int32)
 
-            def pp() -> int:
-                bn.inference(prompt, max_output=1, stop_token_ids=[])
-                return n_prompt
+            def pp() -> float:
+                return measure_generation(bn, [prompt], 1).prompt_tokens_per_s
 
-            results.append(BenchResult("bitnet", f"pp{n_prompt}", threads, _time_reps(pp, reps), tag))
+            results.append(BenchResult("bitnet", f"pp{n_prompt}", threads, _rates(pp, reps), tag))
         if n_gen > 0:
             start = rng.integers(0, vocab, size=(batch, 1)).astype(np.int32)
 
-            def tg() -> int:
-                if batch == 1:
-                    bn.inference(start[0], max_output=n_gen, stop_token_ids=[])
-                else:
-                    job = bn._dev.submit(list(start), n_gen, 0.0, 0, 1.0, 0, [])
-                    job.wait(-1)
-                    job.rethrow_if_failed()
-                return n_gen * batch
+            def tg() -> float:
+                return measure_generation(bn, list(start), n_gen).generated_tokens_per_s
 
             name = f"tg{n_gen}" + (f" x{batch}" if batch > 1 else "")
-            results.append(BenchResult("bitnet", name, threads, _time_reps(tg, reps), tag))
+            results.append(BenchResult("bitnet", name, threads, _rates(tg, reps), tag))
     return results
 
 
@@ -132,6 +142,7 @@ def bench_llama_cpp(model: str, n_prompt: int, n_gen: int, threads: int, reps: i
 
 
 def format_table(model: str, results: List[BenchResult]) -> str:
+    """The llama-bench-style Markdown table of ``results``, with bitnet/peer ratios."""
     size = os.path.getsize(model) / 2**30
     rows = [f"| model | size | engine | threads | test | t/s | notes |", "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -146,6 +157,7 @@ def format_table(model: str, results: List[BenchResult]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``bitnet bench``'s options to ``p``."""
     p.add_argument("-m", "--model", required=True, help="GGUF model file")
     p.add_argument("-p", "--n-prompt", type=int, default=128)
     p.add_argument("-n", "--n-gen", type=int, default=64)
@@ -153,19 +165,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--reps", type=int, default=3)
     p.add_argument("--batch", type=int, default=1, help="sequences decoded together in tg")
     p.add_argument("--fast-head", action="store_true", help="use the fast output head (greedy)")
+    p.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
     p.add_argument("--vs", choices=["llama.cpp"], default=None, help="also run a peer on the same file")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``bitnet bench`` with parsed ``args``; print the table; return the exit code."""
     threads = args.threads or os.cpu_count() or 1
     for name, v, lo in (("-p", args.n_prompt, 0), ("-n", args.n_gen, 0), ("-r", args.reps, 1), ("--batch", args.batch, 1)):
         if v < lo:
             raise SystemExit(f"bitnet bench: {name} must be >= {lo}")
-    from . import _core
+    from .. import _core
 
     print(f"CPU: {platform.processor() or platform.machine()}; features: {cpu_features()}; "
           f"kernels available: {', '.join(_core.available_kernels())}; threads: {threads}")
-    results = bench_bitnet(args.model, args.n_prompt, args.n_gen, threads, args.reps, args.batch, args.fast_head)
+    results = bench_bitnet(args.model, args.n_prompt, args.n_gen, threads, args.reps, args.batch, args.fast_head,
+                           device=getattr(args, "device", None))
     if args.vs == "llama.cpp":
         results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps)
     print(format_table(args.model, results))
