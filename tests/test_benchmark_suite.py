@@ -444,3 +444,23 @@ def test_bitnet_bench_still_works(model):
     r = _run("-m", "bitnet", "bench", "-m", model, "-p", "4", "-n", "4", "-r", "1", "--batch", "2")
     assert r.returncode == 0, r.stderr
     assert "| pp4 |" in r.stdout and "| tg4 x2 |" in r.stdout and "kernel" in r.stdout
+
+
+def test_bitnet_bench_lists_heads_and_bandwidth(model):
+    # One run: two thread counts, two batch sizes, both heads, the decode-bandwidth report.
+    r = _run("-m", "bitnet", "bench", "-m", model, "-p", "4", "-n", "4", "-r", "1", "-t", "1,2",
+             "--batch", "1,2", "--head", "both", "--bandwidth")
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| tiny.gguf")]
+    assert len(rows) == 2 * 2 * 3                       # threads x heads x (pp, tg, tg x2)
+    assert sum("fast head" in line for line in rows) == 6
+    decode = [line for line in r.stdout.splitlines() if line.startswith("  tg4")]
+    assert len(decode) == 8 and all("MB/step" in d and "peak RSS" in d and "bound" in d for d in decode)
+    assert r.stdout.count("machine read bandwidth") == 2
+
+
+@pytest.mark.parametrize("args, msg", [(["-t", "1,x"], "-t must be"), (["--batch", "0"], "--batch values"),
+                                       (["--head", "fastest"], "invalid choice")])
+def test_bitnet_bench_bad_lists(model, args, msg):
+    r = _run("-m", "bitnet", "bench", "-m", model, "-p", "4", "-n", "4", "-r", "1", *args)
+    assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr

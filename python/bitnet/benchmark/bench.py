@@ -15,13 +15,13 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .timing import measure_generation
 
-__all__ = ["BenchResult", "add_arguments", "bench_bitnet", "bench_llama_cpp", "cpu_features", "format_table", "main"]
+__all__ = ["BenchResult", "DecodeInfo", "add_arguments", "bench_bitnet", "bench_llama_cpp", "cpu_features", "format_table", "main"]
 
 
 @dataclass
@@ -74,15 +74,20 @@ def _time_reps(fn: Callable[[], int], reps: int) -> List[float]:
     return out
 
 
-def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, batch: int = 1,
-                 fast_head: bool = False, device: Optional[str] = "sim") -> List[BenchResult]:
+def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, batch: Union[int, Sequence[int]] = 1,
+                 fast_head: bool = False, device: Optional[str] = "sim",
+                 decode: Optional[List["DecodeInfo"]] = None) -> List[BenchResult]:
     """``pp{n_prompt}`` and ``tg{n_gen}`` tokens/s on ``device``, ``reps`` repetitions each.
 
-    ``n_prompt`` or ``n_gen`` of 0 skips that test; ``batch`` rows decode together in tg
-    (the figure counts the tokens of every row). ``device=None`` is the default device.
+    ``n_prompt`` or ``n_gen`` of 0 skips that test; ``batch`` rows (one size or several) decode
+    together in tg (the figure counts the tokens of every row). ``device=None`` is the default
+    device. If ``decode`` is a list, a :class:`DecodeInfo` (bytes read per decode step, step
+    time, peak RSS) is appended to it for every tg test.
     """
     from ..core import BitNet
+    from .suite import _head_bytes, peak_rss_bytes, reset_peak_rss
 
+    batches = [batch] if isinstance(batch, int) else list(batch)
     rng = np.random.default_rng(0)
     results = []
     with BitNet(device, n_threads=threads) as bn:
@@ -97,15 +102,50 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
                 return measure_generation(bn, [prompt], 1).prompt_tokens_per_s
 
             results.append(BenchResult("bitnet", f"pp{n_prompt}", threads, _rates(pp, reps), tag))
-        if n_gen > 0:
-            start = rng.integers(0, vocab, size=(batch, 1)).astype(np.int32)
+        for b in batches if n_gen > 0 else []:
+            start = rng.integers(0, vocab, size=(b, 1)).astype(np.int32)
+            timings: List[Any] = []
 
             def tg() -> float:
-                return measure_generation(bn, list(start), n_gen).generated_tokens_per_s
+                timings.append(measure_generation(bn, list(start), n_gen))
+                return timings[-1].generated_tokens_per_s
 
-            name = f"tg{n_gen}" + (f" x{batch}" if batch > 1 else "")
+            reset_peak_rss()
+            name = f"tg{n_gen}" + (f" x{b}" if b > 1 else "")
             results.append(BenchResult("bitnet", name, threads, _rates(tg, reps), tag))
+            if decode is not None:
+                steps = [t.decode_seconds / max(1, t.generated_tokens - 1) for t in timings[1:]]
+                decode.append(DecodeInfo(
+                    test=name, threads=threads, fast_head=fast_head, batch=b,
+                    weight_bytes=int(bn.card_info()["weight_used"]),
+                    # the fast head reads its int8 copy (one byte per weight) plus a few exact rows
+                    head_bytes=vocab * int(bn.model_config()["hidden_size"]) if fast_head else _head_bytes(model),
+                    step_seconds=statistics.median(steps) if steps else float("nan"),
+                    peak_rss_bytes=peak_rss_bytes(), file_bytes=os.path.getsize(model)))
     return results
+
+
+@dataclass
+class DecodeInfo:
+    """What one tg test read per decode step, and how fast: the bandwidth-bound view."""
+
+    test: str
+    threads: int
+    fast_head: bool
+    batch: int
+    weight_bytes: int        # ternary weights on the card, all read once per step
+    head_bytes: int          # output head read per step: the file's tensor (exact) or its int8 copy (fast)
+    step_seconds: float      # median time of one decode step (first token -> last token / steps)
+    peak_rss_bytes: int      # peak resident memory during the test (VmHWM, reset before it)
+    file_bytes: int
+
+    @property
+    def bytes_per_step(self) -> int:
+        return self.weight_bytes + self.head_bytes
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes_per_step / self.step_seconds / 1e9
 
 
 def bench_llama_cpp(model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> List[BenchResult]:
@@ -148,12 +188,23 @@ def format_table(model: str, results: List[BenchResult]) -> str:
     for r in results:
         rows.append(f"| {os.path.basename(model)} | {size:.2f} GiB | {r.engine} | {r.threads} | {r.test} | "
                     f"{r.mean:.2f} ± {r.std:.2f} | {r.extra} |")
-    ours = {r.test.split(" ")[0]: r for r in results if r.engine == "bitnet"}
-    peer = {r.test: r for r in results if r.engine == "llama.cpp"}
-    for test, p in peer.items():
-        if test in ours:
-            rows.append(f"\nbitnet / llama.cpp {test}: {ours[test].mean / p.mean:.2f}x")
+    peer = {(r.test, r.threads): r for r in results if r.engine == "llama.cpp"}
+    for r in results:
+        p = peer.get((r.test.split(" ")[0], r.threads)) if r.engine == "bitnet" and " x" not in r.test else None
+        if p is not None and p.mean > 0:
+            head = ", fast head" if "fast head" in r.extra else ""
+            rows.append(f"\nbitnet / llama.cpp {r.test} ({r.threads} threads{head}): {r.mean / p.mean:.2f}x")
     return "\n".join(rows)
+
+
+def _int_list(text: str, name: str, lo: int) -> List[int]:
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"bitnet bench: {name} must be an integer or a comma-separated list, got {text!r}")
+    if not vals or min(vals) < lo:
+        raise SystemExit(f"bitnet bench: {name} values must be >= {lo}, got {text!r}")
+    return vals
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -161,27 +212,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="GGUF model file")
     p.add_argument("-p", "--n-prompt", type=int, default=128)
     p.add_argument("-n", "--n-gen", type=int, default=64)
-    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("-t", "--threads", default=None, help="thread count, or a list such as 1,2 (default: all CPUs)")
     p.add_argument("-r", "--reps", type=int, default=3)
-    p.add_argument("--batch", type=int, default=1, help="sequences decoded together in tg")
-    p.add_argument("--fast-head", action="store_true", help="use the fast output head (greedy)")
+    p.add_argument("--batch", default="1", help="sequences decoded together in tg; a list such as 1,8 runs each")
+    p.add_argument("--head", default=None, choices=["exact", "fast", "both"],
+                   help="output head: exact (default), fast (greedy-exact int8 scoring), or both in one run")
+    p.add_argument("--fast-head", action="store_true", help="same as --head fast")
     p.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
     p.add_argument("--vs", choices=["llama.cpp"], default=None, help="also run a peer on the same file")
+    p.add_argument("--bandwidth", action="store_true",
+                   help="also measure the machine's read bandwidth and report each tg test against that bound")
+
+
+def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
+    lines = ["", "decode (per step: bytes read = card weights + output head; peak RSS during the test):"]
+    for d in decode:
+        line = (f"  {d.test} t={d.threads}{' fast head' if d.fast_head else ''}: "
+                f"{d.bytes_per_step / 1e6:.0f} MB/step ({d.weight_bytes / 1e6:.0f} weights + {d.head_bytes / 1e6:.0f} head), "
+                f"{d.step_seconds * 1e3:.1f} ms/step = {d.gbps:.1f} GB/s; "
+                f"peak RSS {d.peak_rss_bytes / 2**20:.0f} MiB = {d.peak_rss_bytes / d.file_bytes:.2f}x the file")
+        bw = bandwidth.get(d.threads)
+        if bw:
+            bound = bw * 1e9 / d.bytes_per_step
+            line += f"; machine {bw:.1f} GB/s -> bound {bound:.1f} steps/s, at {100 * d.gbps / bw:.0f}%"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``bitnet bench`` with parsed ``args``; print the table; return the exit code."""
-    threads = args.threads or os.cpu_count() or 1
-    for name, v, lo in (("-p", args.n_prompt, 0), ("-n", args.n_gen, 0), ("-r", args.reps, 1), ("--batch", args.batch, 1)):
+    threads_list = _int_list(args.threads, "-t", 1) if args.threads else [os.cpu_count() or 1]
+    batches = _int_list(args.batch, "--batch", 1)
+    for name, v, lo in (("-p", args.n_prompt, 0), ("-n", args.n_gen, 0), ("-r", args.reps, 1)):
         if v < lo:
             raise SystemExit(f"bitnet bench: {name} must be >= {lo}")
+    head = args.head or ("fast" if args.fast_head else "exact")
+    heads = [False, True] if head == "both" else [head == "fast"]
     from .. import _core
 
     print(f"CPU: {platform.processor() or platform.machine()}; features: {cpu_features()}; "
-          f"kernels available: {', '.join(_core.available_kernels())}; threads: {threads}")
-    results = bench_bitnet(args.model, args.n_prompt, args.n_gen, threads, args.reps, args.batch, args.fast_head,
-                           device=getattr(args, "device", None))
-    if args.vs == "llama.cpp":
-        results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps)
+          f"kernels available: {', '.join(_core.available_kernels())}; threads: {','.join(map(str, threads_list))}")
+    results: List[BenchResult] = []
+    decode: List[DecodeInfo] = []
+    bandwidth = {}
+    for threads in threads_list:
+        for fast in heads:
+            results += bench_bitnet(args.model, args.n_prompt, args.n_gen, threads, args.reps, batches, fast,
+                                    device=getattr(args, "device", None), decode=decode)
+        if args.vs == "llama.cpp":
+            results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps)
+        if args.bandwidth:
+            bandwidth[threads] = float(_core._read_bandwidth(1 << 30, threads, 3))
     print(format_table(args.model, results))
+    if decode:
+        print(_decode_report(decode, bandwidth))
+    for threads, bw in bandwidth.items():
+        print(f"machine read bandwidth ({threads} threads, widest loads): {bw:.1f} GB/s")
     return 0
