@@ -4,8 +4,9 @@
 // GEMM: codes c = t + 1 (0..2) are the unsigned operand of VPDPBUSD and activations the
 // signed one, so acc = sum(c * q) - sum(q). One 16-byte group of the slot layout expands to
 // 64 codes in natural element order with a broadcast, a per-lane 64-bit shift (0, 2, 4, 6)
-// and a mask. Small batches expand codes on the fly; batches of 8 or more first expand a
-// block of rows into an L1-resident buffer and reuse it for every activation row.
+// and a mask. GEMV and small batches mask without shifting (tile_masked: one AND and one
+// VPDPBUSD per group); batches of 8 or more first expand a block of rows into an
+// L1-resident buffer and reuse it for every activation row.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
@@ -17,14 +18,7 @@
 namespace bitnet {
 namespace sim {
 
-void avx512_gfni_gemv(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t j0, int64_t j1);  // avx512_gfni.cpp
-
 namespace {
-
-bool has_gfni() {
-    static const bool ok = cpu_has_gfni();
-    return ok;
-}
 
 inline __m512i expand_group(const uint8_t* p, __m512i shifts, __m512i mask3) {
     const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -59,6 +53,50 @@ void tile_direct(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
     }
     for (int r = 0; r < RB; ++r)
         for (int t = 0; t < TB; ++t) acc[(b + t) * ldacc + j + r] = _mm512_reduce_add_epi32(sum[r][t]) - a.qsum[b + t];
+}
+
+// Masked micro-kernel for GEMV and small batches. A 16-byte group broadcast to the four
+// 128-bit lanes holds, in lane L, the codes of elements 16L..16L+15 at bits 2L, 2L+1 of each
+// byte. Masking instead of shifting, byte & (3 << 2L) = c << 2L, leaves one AND (any vector
+// port) and one VPDPBUSD per group: lane L's sums come out scaled by 4^L, exactly (every
+// term is a multiple of 4^L), and are scaled back with an arithmetic shift before the final
+// sum. Bound: |lane sum| <= 4 * 192 * 128 per group, so G <= kMaskedMaxGroups keeps int32.
+constexpr int64_t kMaskedMaxGroups = 16384;
+
+template <int RB, int TB>
+void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t* acc, int64_t ldacc) {
+    const __m512i mask = _mm512_set_epi32(
+        static_cast<int>(0xC0C0C0C0u), static_cast<int>(0xC0C0C0C0u), static_cast<int>(0xC0C0C0C0u),
+        static_cast<int>(0xC0C0C0C0u), 0x30303030, 0x30303030, 0x30303030, 0x30303030, 0x0C0C0C0C, 0x0C0C0C0C,
+        0x0C0C0C0C, 0x0C0C0C0C, 0x03030303, 0x03030303, 0x03030303, 0x03030303);
+    const __m512i unscale = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
+    const int64_t G = s.row_bytes / 16;
+    __m512i sum[RB][TB];
+    for (int r = 0; r < RB; ++r)
+        for (int t = 0; t < TB; ++t) sum[r][t] = _mm512_setzero_si512();
+    const uint8_t* w0 = s.packed.data() + j * s.row_bytes;
+    // The RB rows are contiguous: prefetch the block four tiles ahead, one cache line per
+    // 64 bytes of this tile's progress, so the weight stream keeps flowing while this computes.
+    const uint8_t* pf = w0 + 4 * RB * s.row_bytes;
+    const uint8_t* pf_end = s.packed.data() + s.packed.size();
+    for (int64_t g = 0; g < G; ++g) {
+        for (int r = 0; r < RB; r += 4) {
+            const uint8_t* line = pf + (g * RB + r) * 16;
+            if (line < pf_end) _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+        }
+        __m512i w[RB];
+        for (int r = 0; r < RB; ++r)
+            w[r] = _mm512_and_si512(
+                _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + r * s.row_bytes + g * 16))),
+                mask);
+        for (int t = 0; t < TB; ++t) {
+            const __m512i q = _mm512_loadu_si512(a.q + (b + t) * a.ldq + g * 64);
+            for (int r = 0; r < RB; ++r) sum[r][t] = _mm512_dpbusd_epi32(sum[r][t], w[r], q);
+        }
+    }
+    for (int r = 0; r < RB; ++r)
+        for (int t = 0; t < TB; ++t)
+            acc[(b + t) * ldacc + j + r] = _mm512_reduce_add_epi32(_mm512_srav_epi32(sum[r][t], unscale)) - a.qsum[b + t];
 }
 
 // Buffered micro-kernel: codes already expanded to bytes (rows of kpad bytes).
@@ -97,15 +135,21 @@ void rows_buffered(const uint8_t* codes, int64_t kpad, const ActBatch& a, int64_
 }
 
 void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
-    if (a.B == 1 && has_gfni()) {
-        avx512_gfni_gemv(s, a, acc, j0, j1);   // ldacc is irrelevant for one row
-        return;
-    }
-    if (a.B == 1) {
-        // GEMV (decode): 8 rows at a time keep more of the weight stream in flight.
+    if (a.B < 8 && s.row_bytes / 16 <= kMaskedMaxGroups) {
+        // GEMV (decode) and small batches: 8 rows at a time keep more of the weight stream in flight.
         int64_t j = j0;
-        for (; j + 8 <= j1; j += 8) tile_direct<8, 1>(s, a, j, 0, acc, ldacc);
-        for (; j < j1; ++j) tile_direct<1, 1>(s, a, j, 0, acc, ldacc);
+        if (a.B == 1) {
+            for (; j + 8 <= j1; j += 8) tile_masked<8, 1>(s, a, j, 0, acc, ldacc);
+            for (; j < j1; ++j) tile_masked<1, 1>(s, a, j, 0, acc, ldacc);
+            return;
+        }
+        for (; j + 4 <= j1; j += 4) {
+            int64_t b = 0;
+            for (; b + 4 <= a.B; b += 4) tile_masked<4, 4>(s, a, j, b, acc, ldacc);
+            for (; b < a.B; ++b) tile_masked<4, 1>(s, a, j, b, acc, ldacc);
+        }
+        for (; j < j1; ++j)
+            for (int64_t b = 0; b < a.B; ++b) tile_masked<1, 1>(s, a, j, b, acc, ldacc);
         return;
     }
     if (a.B < 8) {

@@ -98,7 +98,6 @@ const KernelTable& avx2_kernels();     // avx2.cpp (compiled with -mavx2 -mfma -
 const KernelTable& avx512_kernels();   // avx512.cpp (AVX-512 F/BW/VL/VNNI)
 const KernelTable& amx_kernels();      // amx.cpp (AMX-INT8 tiles for batches; AVX-512 otherwise)
 bool amx_available();                  // CPU has AMX-INT8 and the OS granted tile state
-bool cpu_has_gfni();                   // dispatch.cpp: CPUID feature bits
 bool cpu_has_amx_int8();
 #endif
 #if defined(__aarch64__)

@@ -2,6 +2,7 @@
 // reference, on random and edge-case shapes. Standalone (no Python), so it also runs on
 // targets the wheel is not tested on, e.g. the NEON kernels of an AArch64 cross build under
 // qemu (tests/cpp/run_kernel_check.sh). Exit status 0 = all equal.
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -112,7 +113,57 @@ void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n
 
 }  // namespace
 
-int main() {
+// --bench: one thread, decode-shaped work on 256 MB of weights (far beyond the caches): the
+// GEMV's weight streaming rate next to a plain read of as many bytes with the same loads.
+int bench(int64_t N, int64_t K) {
+    std::vector<int8_t> t(static_cast<size_t>(N * K));
+    std::mt19937_64 rng(1);
+    for (auto& v : t) v = static_cast<int8_t>(static_cast<int>(rng() % 3) - 1);
+    TernarySlot slot;
+    pack_slot(t.data(), N, K, 1.0f, slot);
+    std::vector<int8_t>().swap(t);
+    std::vector<int8_t> q(static_cast<size_t>(K));
+    for (auto& v : q) v = static_cast<int8_t>(rng());
+    int32_t qsum = 0;
+    for (int8_t v : q) qsum += v;
+    ActBatch act;
+    act.q = q.data();
+    act.B = 1;
+    act.K = K;
+    act.ldq = K;
+    act.qsum = &qsum;
+    std::vector<int32_t> acc(static_cast<size_t>(N));
+    const double bytes = static_cast<double>(slot.packed.size());
+    for (const std::string& name : available_kernels()) {
+        const KernelTable& k = kernels_by_name(name);
+        double best_gemv = 1e9, best_read = 1e9;
+        uint64_t sink = 0;
+        for (int r = 0; r < 4; ++r) {
+            auto t0 = std::chrono::steady_clock::now();
+            k.gemm(slot, act, acc.data(), N, 0, N);
+            auto t1 = std::chrono::steady_clock::now();
+            sink += k.read_sum(slot.packed.data() - reinterpret_cast<uintptr_t>(slot.packed.data()) % 64 + 64,
+                               static_cast<int64_t>(slot.packed.size()) - 128) ;
+            auto t2 = std::chrono::steady_clock::now();
+            if (r > 0) {
+                best_gemv = std::min(best_gemv, std::chrono::duration<double>(t1 - t0).count());
+                best_read = std::min(best_read, std::chrono::duration<double>(t2 - t1).count());
+            }
+        }
+        std::printf("%-7s GEMV %6.1f GB/s of weights, read %6.1f GB/s (%3.0f%%)   [%llu]\n", name.c_str(),
+                    bytes / best_gemv / 1e9, bytes / best_read / 1e9, 100.0 * best_read / best_gemv,
+                    static_cast<unsigned long long>(sink % 10));
+    }
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    if (argc > 1 && std::string(argv[1]) == "--bench") {
+        std::printf("weights far beyond the caches (256 MB):\n");
+        bench(131072, 8192);
+        std::printf("weights in L2 (1 MB): the kernels' compute rate\n");
+        return bench(2048, 2048);
+    }
     std::mt19937_64 rng(20261128);
     const std::vector<std::string> names = available_kernels();
     for (const std::string& name : names) {
@@ -121,6 +172,8 @@ int main() {
         for (int64_t K : {1, 17, 63, 64, 65, 128, 321, 640, 2567})
             for (int64_t B : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 64})
                 for (int mode = 0; mode < 3; ++mode) check_gemm(k, rng, (K % 7) + 33, K, B, mode);
+        // Very long rows take the kernels' fallback paths (e.g. AVX-512's masked GEMV is bounded).
+        for (int64_t B : {1, 3, 9}) check_gemm(k, rng, 3, 16385 * 64 + 5, B, 1);
         for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 2560, 2561})
             for (int64_t nx : {1, 2, 3, 5, 8, 9}) check_dots(k, rng, 9, n, nx);
         {   // read_sum: the same checksum as the reference, for any length that is a multiple of 64

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 what="${1:-all}"
 out="${TMPDIR:-/tmp}/bitnet-kernel-check"
 mkdir -p "$out"
-common=(-std=c++17 -O2 -Wall -Wextra -Wshadow -Werror -ffp-contract=off -Isim/kernels)
+common=(-std=c++17 -O3 -Wall -Wextra -Wshadow -Werror -ffp-contract=off -Isim/kernels)
 srcs=(tests/cpp/kernel_check.cpp sim/kernels/ref.cpp sim/kernels/dispatch.cpp)
 
 if [ "$what" = native ] || [ "$what" = all ]; then
@@ -17,11 +17,9 @@ if [ "$what" = native ] || [ "$what" = all ]; then
     c++ "${common[@]}" -c sim/kernels/avx2.cpp -o "$out/avx2.o" -mavx2 -mfma -mf16c
     c++ "${common[@]}" "${x86[@]}" -c sim/kernels/avx512.cpp -o "$out/avx512.o" \
       -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq -mfma -mf16c
-    c++ "${common[@]}" "${x86[@]}" -c sim/kernels/avx512_gfni.cpp -o "$out/gfni.o" \
-      -mgfni -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq
     c++ "${common[@]}" "${x86[@]}" -c sim/kernels/amx.cpp -o "$out/amx.o" \
       -mamx-tile -mamx-int8 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq
-    c++ "${common[@]}" "${srcs[@]}" "$out"/{avx2,avx512,gfni,amx}.o -o "$out/kernel_check"
+    c++ "${common[@]}" "${srcs[@]}" "$out"/{avx2,avx512,amx}.o -o "$out/kernel_check"
   else
     c++ "${common[@]}" "${srcs[@]}" sim/kernels/neon.cpp -o "$out/kernel_check"
   fi
