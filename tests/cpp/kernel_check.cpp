@@ -115,27 +115,36 @@ void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n
 
 // --bench: one thread, decode-shaped work on 256 MB of weights (far beyond the caches): the
 // GEMV's weight streaming rate next to a plain read of as many bytes with the same loads.
-int bench(int64_t N, int64_t K) {
+int bench(int64_t N, int64_t K, int64_t B = 1) {
     std::vector<int8_t> t(static_cast<size_t>(N * K));
     std::mt19937_64 rng(1);
     for (auto& v : t) v = static_cast<int8_t>(static_cast<int>(rng() % 3) - 1);
     TernarySlot slot;
     pack_slot(t.data(), N, K, 1.0f, slot);
     std::vector<int8_t>().swap(t);
-    std::vector<int8_t> q(static_cast<size_t>(K));
+    std::vector<int8_t> q(static_cast<size_t>(K * B));
     for (auto& v : q) v = static_cast<int8_t>(rng());
-    int32_t qsum = 0;
-    for (int8_t v : q) qsum += v;
+    std::vector<int32_t> qsum(static_cast<size_t>(B), 0);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < K; ++i) qsum[static_cast<size_t>(b)] += q[static_cast<size_t>(b * K + i)];
     ActBatch act;
     act.q = q.data();
-    act.B = 1;
+    act.B = B;
     act.K = K;
     act.ldq = K;
-    act.qsum = &qsum;
-    std::vector<int32_t> acc(static_cast<size_t>(N));
+    act.qsum = qsum.data();
+    std::vector<int32_t> acc(static_cast<size_t>(N * B));
     const double bytes = static_cast<double>(slot.packed.size());
     for (const std::string& name : available_kernels()) {
         const KernelTable& k = kernels_by_name(name);
+        std::vector<uint8_t> prep;
+        act.prepared = nullptr;
+        if (k.prepared_size && k.prepared_size(act) > 0) {
+            prep.resize(k.prepared_size(act) + 64);
+            uint8_t* aligned = prep.data() + (64 - reinterpret_cast<uintptr_t>(prep.data()) % 64) % 64;
+            k.prepare_act(act, aligned);
+            act.prepared = aligned;
+        }
         double best_gemv = 1e9, best_read = 1e9;
         uint64_t sink = 0;
         for (int r = 0; r < 4; ++r) {
@@ -150,7 +159,7 @@ int bench(int64_t N, int64_t K) {
                 best_read = std::min(best_read, std::chrono::duration<double>(t2 - t1).count());
             }
         }
-        std::printf("%-7s GEMV %6.1f GB/s of weights, read %6.1f GB/s (%3.0f%%)   [%llu]\n", name.c_str(),
+        std::printf("%-7s B=%-2lld %6.1f GB/s of weights, read %6.1f GB/s (%3.0f%%)   [%llu]\n", name.c_str(), static_cast<long long>(B),
                     bytes / best_gemv / 1e9, bytes / best_read / 1e9, 100.0 * best_read / best_gemv,
                     static_cast<unsigned long long>(sink % 10));
     }
@@ -161,7 +170,9 @@ int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--bench") {
         std::printf("weights far beyond the caches (256 MB):\n");
         bench(131072, 8192);
+        bench(32768, 8192, 8);
         std::printf("weights in L2 (1 MB): the kernels' compute rate\n");
+        bench(2048, 2048, 8);
         return bench(2048, 2048);
     }
     std::mt19937_64 rng(20261128);
