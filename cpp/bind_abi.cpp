@@ -193,6 +193,8 @@ py::dict abi_layout() {
         Layout<bitnet_fault> l;
         BITNET_FIELD(l, bitnet_fault, kind);
         BITNET_FIELD(l, bitnet_fault, count);
+        BITNET_FIELD(l, bitnet_fault, after);
+        BITNET_FIELD(l, bitnet_fault, reserved);
         structs["bitnet_fault"] = struct_entry(l.size, l.fields);
     }
 
@@ -242,6 +244,10 @@ py::dict abi_layout() {
     c["FAULT_NONE"] = BITNET_FAULT_NONE;
     c["FAULT_ENGINE"] = BITNET_FAULT_ENGINE;
     c["FAULT_HANG"] = BITNET_FAULT_HANG;
+    c["FAULT_DMA"] = BITNET_FAULT_DMA;
+    c["FAULT_FIFO_OVERFLOW"] = BITNET_FAULT_FIFO_OVERFLOW;
+    c["FAULT_HW"] = BITNET_FAULT_HW;
+    c["IOC_INJECT_FAULT_V20"] = BITNET_IOC_INJECT_FAULT_V20;
     py::dict states;
     states["IDLE"] = static_cast<int>(BITNET_STATE_IDLE);
     states["LOADING_WEIGHTS"] = static_cast<int>(BITNET_STATE_LOADING_WEIGHTS);

@@ -211,6 +211,7 @@ void Device::fault_or_idle(const Error& e) {
         state_.store(static_cast<int>(DeviceState::IDLE));
     } else {
         error_code_.store(static_cast<int>(e.code()));
+        card_error_.store(static_cast<int>(e.card_code()));
         state_.store(static_cast<int>(DeviceState::ERROR));
     }
 }
@@ -254,6 +255,7 @@ void Device::load_model(const std::string& path, bool fast_head) {
     }
     state_.store(static_cast<int>(DeviceState::IDLE));
     error_code_.store(0);
+    card_error_.store(0);
     release();
 }
 
@@ -430,6 +432,7 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
             reason = "error";
             error = std::current_exception();
             error_code_.store(static_cast<int>(e.code()));
+            card_error_.store(static_cast<int>(e.card_code()));
             state_.store(static_cast<int>(DeviceState::ERROR));
             log_message(LogLevel::ERROR, std::string("job failed: ") + e.what());
         }
@@ -586,6 +589,7 @@ DeviceStatus Device::status() const {
     s.current_layer = current_layer_.load();
     s.tokens_processed = tokens_processed_.load();
     s.error_code = error_code_.load();
+    s.card_error = card_error_.load();
     return s;
 }
 
@@ -631,6 +635,7 @@ void Device::reset() {
     if (!running_.load()) {
         state_.store(static_cast<int>(DeviceState::IDLE));
         error_code_.store(0);
+        card_error_.store(0);
         current_layer_.store(0);
     }
 }

@@ -31,7 +31,8 @@ struct DeviceStatus {
     DeviceState state = DeviceState::IDLE;
     int64_t current_layer = 0;
     int64_t tokens_processed = 0;
-    int error_code = 0;
+    int error_code = 0;   // the ErrorCode that latched ERROR (HW_ERROR for a card fault), else 0
+    int card_error = 0;   // with a card fault: the card's own code (enum bitnet_card_error), else 0
 };
 
 struct DevicePerf {
@@ -184,6 +185,7 @@ private:
     std::atomic<int64_t> current_layer_{0};
     std::atomic<int64_t> tokens_processed_{0};
     std::atomic<int> error_code_{0};
+    std::atomic<int> card_error_{0};
 
     mutable std::mutex perf_mu_;
     DevicePerf perf_;

@@ -230,7 +230,7 @@ class BitNetStream:
                     seen += len(new)
                 elif job.done:
                     break
-            job.rethrow_if_failed()
+            self._bn._report_job_error()
         finally:
             if not job.done:
                 job.abort()

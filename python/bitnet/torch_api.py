@@ -1492,8 +1492,9 @@ class BitNetModule(nn.Module):
         stop_list = check_stop_tokens(stops, bn._stop_default)
         job = bn._dev.submit(rows, max_new, t, k, p, s, stop_list)
         bn._job = job
+        bn._job_error_reported = False
         job.wait(-1)
-        job.rethrow_if_failed()
+        bn._report_job_error()
         return [job.tokens(i) for i in range(len(rows))]
 
     # ---------------------------------------------------------------- the seed API
