@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "../sim/driver_emu.h"
+#include "../sim/ioctl_script.h"
 #include "bindings.h"
 #include "bitnet_abi.h"
 #include "error.h"
@@ -289,6 +290,20 @@ struct EmuHandle {
 
 void bind_abi(py::module_& m) {
     m.def("abi_layout", &abi_layout, "Sizes, field offsets, request numbers and constants of cpp/bitnet_abi.h.");
+    m.def("_replay_ioctl_script",
+          [](const py::bytes& script) {
+              const std::string s = script;
+              std::map<unsigned long, int> ok;
+              std::string bad;
+              {
+                  py::gil_scoped_release nogil;
+                  bad = sim::run_ioctl_script(reinterpret_cast<const uint8_t*>(s.data()), s.size(), &ok);
+              }
+              return py::make_tuple(bad, ok);
+          },
+          py::arg("script"),
+          "Run a fuzz_ioctl script (sim/ioctl_script.h) on a fresh emulated card: (the violated invariant or '', "
+          "{request: ioctls that succeeded}).");
 
     py::class_<EmuHandle, std::shared_ptr<EmuHandle>>(
         m, "_DriverEmu", "The emulated card driver (sim/driver_emu.h) with raw syscall access, for tests.")
