@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from . import _core
-from ._tokens import as_token_array, check_count, check_sampling, check_stop_tokens
+from ._tokens import as_token_array, check_count, check_float, check_sampling, check_stop_tokens
 from .errors import BitNetError, BitNetStateError, BitNetValueError, ErrorCode
 
 __all__ = ["BitNet", "BitNetStatus", "BitNetPerformance", "BitNetModelInfo", "default_device"]
@@ -286,6 +286,8 @@ class BitNet:
         """
         self._check_open()
         layer_id = check_count(layer_id, "layer_id", -1, (1 << 24) - 1)
+        if scale is not None:
+            scale = check_float(scale, "scale")
         arr = np.asarray(weights)
         if arr.dtype == np.bool_ or arr.dtype == object or not (
             np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
@@ -334,6 +336,8 @@ class BitNet:
         """
         self._check_open()
         layer_id = check_count(layer_id, "layer_id", 0, (1 << 24) - 1)
+        if not isinstance(return_acc, (bool, np.bool_)):
+            raise TypeError(f"return_acc must be True or False, not {type(return_acc).__name__}")
         arr = np.asarray(x)
         if arr.dtype == np.bool_ or arr.dtype == object or not (
             np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
