@@ -167,6 +167,12 @@ private:
     void release();
     void fault_or_idle(const Error& e);
     void check_not_error() const;   // state after an error of a synchronous card call
+    // A synchronous card call (logits, matmul, loading a user slot): holds the device busy and
+    // in `state` while `body` runs, then releases it, IDLE, or ERROR when the card faulted and
+    // `latch_faults` (see CardCall in device.cpp).
+    class CardCall;
+    template <typename F>
+    auto card_call(DeviceState state, bool latch_faults, F&& body) -> decltype(body());
     void join_worker();
     void run_job(std::shared_ptr<Job> job, GenerateRequest req);
 
