@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "../sim/driver_emu.h"
+#include "../sim/ioctl_script.h"
 #include "bindings.h"
 #include "bitnet_abi.h"
 #include "error.h"
@@ -193,6 +194,8 @@ py::dict abi_layout() {
         Layout<bitnet_fault> l;
         BITNET_FIELD(l, bitnet_fault, kind);
         BITNET_FIELD(l, bitnet_fault, count);
+        BITNET_FIELD(l, bitnet_fault, after);
+        BITNET_FIELD(l, bitnet_fault, reserved);
         structs["bitnet_fault"] = struct_entry(l.size, l.fields);
     }
 
@@ -242,6 +245,10 @@ py::dict abi_layout() {
     c["FAULT_NONE"] = BITNET_FAULT_NONE;
     c["FAULT_ENGINE"] = BITNET_FAULT_ENGINE;
     c["FAULT_HANG"] = BITNET_FAULT_HANG;
+    c["FAULT_DMA"] = BITNET_FAULT_DMA;
+    c["FAULT_FIFO_OVERFLOW"] = BITNET_FAULT_FIFO_OVERFLOW;
+    c["FAULT_HW"] = BITNET_FAULT_HW;
+    c["IOC_INJECT_FAULT_V20"] = BITNET_IOC_INJECT_FAULT_V20;
     py::dict states;
     states["IDLE"] = static_cast<int>(BITNET_STATE_IDLE);
     states["LOADING_WEIGHTS"] = static_cast<int>(BITNET_STATE_LOADING_WEIGHTS);
@@ -283,6 +290,20 @@ struct EmuHandle {
 
 void bind_abi(py::module_& m) {
     m.def("abi_layout", &abi_layout, "Sizes, field offsets, request numbers and constants of cpp/bitnet_abi.h.");
+    m.def("_replay_ioctl_script",
+          [](const py::bytes& script) {
+              const std::string s = script;
+              std::map<unsigned long, int> ok;
+              std::string bad;
+              {
+                  py::gil_scoped_release nogil;
+                  bad = sim::run_ioctl_script(reinterpret_cast<const uint8_t*>(s.data()), s.size(), &ok);
+              }
+              return py::make_tuple(bad, ok);
+          },
+          py::arg("script"),
+          "Run a fuzz_ioctl script (sim/ioctl_script.h) on a fresh emulated card: (the violated invariant or '', "
+          "{request: ioctls that succeeded}).");
 
     py::class_<EmuHandle, std::shared_ptr<EmuHandle>>(
         m, "_DriverEmu", "The emulated card driver (sim/driver_emu.h) with raw syscall access, for tests.")

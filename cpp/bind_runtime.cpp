@@ -176,6 +176,7 @@ void bind_runtime(py::module_& m) {
                  r["current_layer"] = s.current_layer;
                  r["tokens_processed"] = s.tokens_processed;
                  r["error_code"] = s.error_code;
+                 r["card_error"] = s.card_error;
                  return r;
              })
         .def("perf",
@@ -261,12 +262,24 @@ void bind_runtime(py::module_& m) {
                  return py::make_tuple(ya, aa);
              },
              py::arg("layer_id"), py::arg("x"), py::arg("return_acc") = false)
-        .def("_inject_fault", [](Device& d, int count) { d.transport().inject_fault(count); }, py::arg("count") = 1)
-        .def("_inject_hang",
-             [](Device& d) {
-                 if (!d.transport().inject_hang())
-                     throw Error(ErrorCode::INVALID, "the " + d.transport().name() + " transport cannot simulate a hung card");
-             })
+        .def("_inject_fault",
+             [](Device& d, int count, const std::string& kind, int64_t after) {
+                 // Test hook: docs/DEVICE_ABI.md INJECT_FAULT (kinds engine, dma, fifo_overflow, hw, hang).
+                 static const std::pair<const char*, sim::FaultKind> kinds[] = {
+                     {"none", sim::FaultKind::NONE}, {"engine", sim::FaultKind::ENGINE}, {"hang", sim::FaultKind::HANG},
+                     {"dma", sim::FaultKind::DMA}, {"fifo_overflow", sim::FaultKind::FIFO_OVERFLOW}, {"hw", sim::FaultKind::HW}};
+                 for (const auto& k : kinds)
+                     if (kind == k.first) {
+                         if (count < 0) throw Error(ErrorCode::INVALID, "count must be >= 0, got " + std::to_string(count));
+                         if (after < 0) throw Error(ErrorCode::INVALID, "after must be >= 0, got " + std::to_string(after));
+                         d.transport().inject_fault(k.second, count, after);
+                         return;
+                     }
+                 throw Error(ErrorCode::INVALID, "unknown fault kind '" + kind +
+                                                     "': choose engine, dma, fifo_overflow, hw, hang or none");
+             },
+             py::arg("count") = 1, py::arg("kind") = "engine", py::arg("after") = 0)
+        .def("_inject_hang", [](Device& d) { d.transport().inject_fault(sim::FaultKind::HANG, 1, 0); })
         .def("_set_card_timeout_ms", [](Device& d, int64_t ms) { d.transport().set_timeout_ms(ms); }, py::arg("ms"))
         .def("_reset_counters", [](Device& d) { d.transport().reset_counters(); })
         .def("abort", &Device::abort)

@@ -15,7 +15,7 @@ void raise_python_error(const Error& e) {
     // bitnet.errors builds the right subclass (BitNetError, or one that also derives from
     // ValueError / TimeoutError / FileNotFoundError).
     py::object errors = py::module_::import("bitnet.errors");
-    py::object exc = errors.attr("_from_code")(static_cast<int>(e.code()), e.what());
+    py::object exc = errors.attr("_from_code")(static_cast<int>(e.code()), e.what(), e.card_code());
     PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
 }
 

@@ -37,7 +37,7 @@
 
 /* ABI version: major changes break old hosts; minor ones only add. (VIBEE's driver is 1.0.) */
 #define BITNET_ABI_MAJOR 2u
-#define BITNET_ABI_MINOR 0u
+#define BITNET_ABI_MINOR 1u
 
 /* Default DMA buffer (VIBEE: 256 MB, input 64 MB at 0, output 64 MB at 64 MB, weights 128 MB
  * at 128 MB). A host must read the real layout from BITNET_IOC_GET_INFO. */
@@ -246,13 +246,25 @@ struct bitnet_perf_ext {
     uint64_t reserved3[5];
 };
 
-/* 14 INJECT_FAULT (_IOW): test builds of a card (BITNET_CAP_FAULT_INJECT) make their next
- * `count` MATMUL commands fail (ENGINE: state ERROR, error_code ENGINE) or never finish (HANG:
- * until ABORT or RESET). kind NONE clears pending faults. Other cards answer EOPNOTSUPP. */
+/* 14 INJECT_FAULT (_IOW): test builds of a card (BITNET_CAP_FAULT_INJECT) let `after` more
+ * MATMUL commands complete, then make the next `count` fail with a card fault (state ERROR,
+ * error_code ENGINE, DMA, FIFO_OVERFLOW or HW by `kind`) or never finish (HANG: until ABORT or
+ * RESET). kind NONE clears pending faults. Other cards answer EOPNOTSUPP. ABI 2.0 had an
+ * 8-byte struct (kind, count; no `after`); its request number BITNET_IOC_INJECT_FAULT_V20
+ * still works. */
 #define BITNET_FAULT_NONE 0u
 #define BITNET_FAULT_ENGINE 1u
 #define BITNET_FAULT_HANG 2u
+#define BITNET_FAULT_DMA 3u
+#define BITNET_FAULT_FIFO_OVERFLOW 4u
+#define BITNET_FAULT_HW 5u
 struct bitnet_fault {
+    uint32_t kind;
+    uint32_t count;
+    uint32_t after;
+    uint32_t reserved;
+};
+struct bitnet_fault_v20 {
     uint32_t kind;
     uint32_t count;
 };
@@ -272,6 +284,7 @@ struct bitnet_fault {
 #define BITNET_IOC_MATMUL BITNET_IOW(12, struct bitnet_matmul_cmd)
 #define BITNET_IOC_GET_PERF_EXT BITNET_IOWR(13, struct bitnet_perf_ext)
 #define BITNET_IOC_INJECT_FAULT BITNET_IOW(14, struct bitnet_fault)
+#define BITNET_IOC_INJECT_FAULT_V20 BITNET_IOW(14, struct bitnet_fault_v20)
 
 /* ------------------------------------------------------------------- layout checks */
 #ifdef __cplusplus
@@ -315,6 +328,8 @@ BITNET_ABI_ASSERT(offsetof(struct bitnet_matmul_cmd, ops) == 40, "bitnet_matmul_
 BITNET_ABI_ASSERT(sizeof(struct bitnet_perf_ext) == 128, "bitnet_perf_ext");
 BITNET_ABI_ASSERT(offsetof(struct bitnet_perf_ext, weight_bytes_used) == 72, "bitnet_perf_ext.weight_bytes_used");
 BITNET_ABI_ASSERT(offsetof(struct bitnet_perf_ext, slots_used) == 80, "bitnet_perf_ext.slots_used");
-BITNET_ABI_ASSERT(sizeof(struct bitnet_fault) == 8, "bitnet_fault");
+BITNET_ABI_ASSERT(sizeof(struct bitnet_fault) == 16, "bitnet_fault");
+BITNET_ABI_ASSERT(offsetof(struct bitnet_fault, after) == 8, "bitnet_fault.after");
+BITNET_ABI_ASSERT(sizeof(struct bitnet_fault_v20) == 8, "bitnet_fault_v20");
 
 #endif /* BITNET_ABI_H */

@@ -211,7 +211,45 @@ void Device::fault_or_idle(const Error& e) {
         state_.store(static_cast<int>(DeviceState::IDLE));
     } else {
         error_code_.store(static_cast<int>(e.code()));
+        card_error_.store(static_cast<int>(e.card_code()));
         state_.store(static_cast<int>(DeviceState::ERROR));
+    }
+}
+
+// The guard of a synchronous card call. Constructed: the device is busy (another call gets
+// BUSY) and in the call's state. Destroyed, however the call ends: the device is released and
+// IDLE, unless fault() latched ERROR on the way out.
+class Device::CardCall {
+public:
+    CardCall(Device& d, DeviceState state) : d_(d) {
+        d_.acquire();   // throws BUSY before anything is held
+        d_.state_.store(static_cast<int>(state));
+    }
+    ~CardCall() {
+        if (!faulted_) d_.state_.store(static_cast<int>(DeviceState::IDLE));
+        d_.release();
+    }
+    CardCall(const CardCall&) = delete;
+    CardCall& operator=(const CardCall&) = delete;
+    // The call failed with e: a card fault latches ERROR, an argument error or abort does not.
+    void fault(const Error& e) {
+        d_.fault_or_idle(e);
+        faulted_ = d_.state_.load() == static_cast<int>(DeviceState::ERROR);
+    }
+
+private:
+    Device& d_;
+    bool faulted_ = false;
+};
+
+template <typename F>
+auto Device::card_call(DeviceState state, bool latch_faults, F&& body) -> decltype(body()) {
+    CardCall call(*this, state);
+    try {
+        return body();
+    } catch (const Error& e) {
+        if (latch_faults) call.fault(e);
+        throw;
     }
 }
 
@@ -254,6 +292,7 @@ void Device::load_model(const std::string& path, bool fast_head) {
     }
     state_.store(static_cast<int>(DeviceState::IDLE));
     error_code_.store(0);
+    card_error_.store(0);
     release();
 }
 
@@ -430,6 +469,7 @@ void Device::run_job(std::shared_ptr<Job> job, GenerateRequest req) {
             reason = "error";
             error = std::current_exception();
             error_code_.store(static_cast<int>(e.code()));
+            card_error_.store(static_cast<int>(e.card_code()));
             state_.store(static_cast<int>(DeviceState::ERROR));
             log_message(LogLevel::ERROR, std::string("job failed: ") + e.what());
         }
@@ -472,24 +512,21 @@ std::vector<float> Device::logits(const std::vector<int32_t>& tokens) {
         validate_tokens(tokens, "input_tokens");
     }
     check_not_error();
-    acquire();
-    join_worker();
-    std::shared_ptr<Model> model;
-    Engine* engine;
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        model = model_;
-        engine = engine_.get();
-    }
-    state_.store(static_cast<int>(DeviceState::RUNNING));
-    std::vector<float> out;
-    try {
+    return card_call(DeviceState::RUNNING, true, [&] {
+        join_worker();
+        std::shared_ptr<Model> model;
+        Engine* engine;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            model = model_;
+            engine = engine_.get();
+        }
         KVCache cache(model->config());
         cache.reserve(static_cast<int64_t>(tokens.size()));
         RunHooks hooks{nullptr, &current_layer_};
         const int64_t T = static_cast<int64_t>(tokens.size());
         const int64_t V = model->config().n_vocab;
-        out.resize(static_cast<size_t>(T * V));
+        std::vector<float> out(static_cast<size_t>(T * V));
         const int64_t chunk = 256;
         std::vector<float> part;
         for (int64_t s = 0; s < T; s += chunk) {
@@ -499,18 +536,8 @@ std::vector<float> Device::logits(const std::vector<int32_t>& tokens) {
             engine->forward(rows, part, hooks);
             std::copy(part.begin(), part.end(), out.begin() + s * V);
         }
-    } catch (const Error& e) {
-        fault_or_idle(e);
-        release();
-        throw;
-    } catch (...) {
-        state_.store(static_cast<int>(DeviceState::IDLE));
-        release();
-        throw;
-    }
-    state_.store(static_cast<int>(DeviceState::IDLE));
-    release();
-    return out;
+        return out;
+    });
 }
 
 void Device::load_user_weights(int layer_id, const int8_t* t, int64_t n, int64_t k, float scale) {
@@ -518,17 +545,8 @@ void Device::load_user_weights(int layer_id, const int8_t* t, int64_t n, int64_t
     if (layer_id < 0 || layer_id >= kUserSlotBase)
         throw Error(ErrorCode::INVALID, "layer_id must be in [0, " + std::to_string(kUserSlotBase) + "), got " +
                                             std::to_string(layer_id));
-    acquire();
-    state_.store(static_cast<int>(DeviceState::LOADING_WEIGHTS));
-    try {
-        transport_->load_slot(kUserSlotBase + layer_id, t, n, k, scale);
-    } catch (...) {
-        state_.store(static_cast<int>(DeviceState::IDLE));
-        release();
-        throw;
-    }
-    state_.store(static_cast<int>(DeviceState::IDLE));
-    release();
+    // A failed load (bad codes, card memory full) leaves the card as it was: never ERROR.
+    card_call(DeviceState::LOADING_WEIGHTS, false, [&] { transport_->load_slot(kUserSlotBase + layer_id, t, n, k, scale); });
 }
 
 std::vector<float> Device::matmul(int layer_id, const float* x, int64_t B, int64_t k, std::vector<int32_t>* acc) {
@@ -544,9 +562,8 @@ std::vector<float> Device::matmul(int layer_id, const float* x, int64_t B, int64
     check_not_error();
     for (int64_t i = 0; i < B * k; ++i)
         if (!std::isfinite(x[i])) throw Error(ErrorCode::INVALID, "x holds a non-finite value at flat index " + std::to_string(i));
-    acquire();
-    std::vector<float> y(static_cast<size_t>(B * info.n));
-    try {
+    return card_call(DeviceState::RUNNING, true, [&] {
+        std::vector<float> y(static_cast<size_t>(B * info.n));
         std::vector<int8_t> q(static_cast<size_t>(B * k));
         std::vector<float> sx(static_cast<size_t>(B));
         for (int64_t b = 0; b < B; ++b) sx[b] = quantize_row_i8(x + b * k, k, q.data() + b * k);
@@ -563,20 +580,9 @@ std::vector<float> Device::matmul(int layer_id, const float* x, int64_t B, int64
             op.acc = acc->data();
         }
         cmd.ops.push_back(op);
-        state_.store(static_cast<int>(DeviceState::RUNNING));
         transport_->run(cmd);
-    } catch (const Error& e) {
-        fault_or_idle(e);
-        release();
-        throw;
-    } catch (...) {
-        state_.store(static_cast<int>(DeviceState::IDLE));
-        release();
-        throw;
-    }
-    state_.store(static_cast<int>(DeviceState::IDLE));
-    release();
-    return y;
+        return y;
+    });
 }
 
 DeviceStatus Device::status() const {
@@ -586,6 +592,7 @@ DeviceStatus Device::status() const {
     s.current_layer = current_layer_.load();
     s.tokens_processed = tokens_processed_.load();
     s.error_code = error_code_.load();
+    s.card_error = card_error_.load();
     return s;
 }
 
@@ -631,6 +638,7 @@ void Device::reset() {
     if (!running_.load()) {
         state_.store(static_cast<int>(DeviceState::IDLE));
         error_code_.store(0);
+        card_error_.store(0);
         current_layer_.store(0);
     }
 }

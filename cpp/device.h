@@ -31,7 +31,8 @@ struct DeviceStatus {
     DeviceState state = DeviceState::IDLE;
     int64_t current_layer = 0;
     int64_t tokens_processed = 0;
-    int error_code = 0;
+    int error_code = 0;   // the ErrorCode that latched ERROR (HW_ERROR for a card fault), else 0
+    int card_error = 0;   // with a card fault: the card's own code (enum bitnet_card_error), else 0
 };
 
 struct DevicePerf {
@@ -166,6 +167,12 @@ private:
     void release();
     void fault_or_idle(const Error& e);
     void check_not_error() const;   // state after an error of a synchronous card call
+    // A synchronous card call (logits, matmul, loading a user slot): holds the device busy and
+    // in `state` while `body` runs, then releases it, IDLE, or ERROR when the card faulted and
+    // `latch_faults` (see CardCall in device.cpp).
+    class CardCall;
+    template <typename F>
+    auto card_call(DeviceState state, bool latch_faults, F&& body) -> decltype(body());
     void join_worker();
     void run_job(std::shared_ptr<Job> job, GenerateRequest req);
 
@@ -184,6 +191,7 @@ private:
     std::atomic<int64_t> current_layer_{0};
     std::atomic<int64_t> tokens_processed_{0};
     std::atomic<int> error_code_{0};
+    std::atomic<int> card_error_{0};
 
     mutable std::mutex perf_mu_;
     DevicePerf perf_;

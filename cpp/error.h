@@ -34,10 +34,16 @@ const char* error_code_name(ErrorCode c);
 class Error : public std::runtime_error {
 public:
     Error(ErrorCode code, const std::string& msg) : std::runtime_error(msg), code_(code) {}
+    // A fault the card reported: code HW_ERROR plus the card's own error code
+    // (enum bitnet_card_error of docs/DEVICE_ABI.md section 10, e.g. 2 = DMA).
+    Error(ErrorCode code, const std::string& msg, unsigned card_code)
+        : std::runtime_error(msg), code_(code), card_code_(card_code) {}
     ErrorCode code() const { return code_; }
+    unsigned card_code() const { return card_code_; }   // 0 when the card reported nothing
 
 private:
     ErrorCode code_;
+    unsigned card_code_ = 0;
 };
 
 // Convenience for the common "bad file" and "bad argument" cases.

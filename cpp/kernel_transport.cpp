@@ -31,26 +31,6 @@ namespace {
 uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 uint64_t row_bytes(int64_t k) { return static_cast<uint64_t>((k + 63) / 64) * 16; }
 
-const char* card_error_name(uint32_t code) {
-    switch (code) {
-        case BITNET_ERR_OK: return "OK";
-        case BITNET_ERR_INVALID_PARAM: return "INVALID_PARAM";
-        case BITNET_ERR_DMA: return "DMA";
-        case BITNET_ERR_TIMEOUT: return "TIMEOUT";
-        case BITNET_ERR_BUSY: return "BUSY";
-        case BITNET_ERR_NO_MEMORY: return "NO_MEMORY";
-        case BITNET_ERR_WEIGHT_MISMATCH: return "WEIGHT_MISMATCH";
-        case BITNET_ERR_HW: return "HW";
-        case BITNET_ERR_FIFO_OVERFLOW: return "FIFO_OVERFLOW";
-        case BITNET_ERR_FIFO_UNDERFLOW: return "FIFO_UNDERFLOW";
-        case BITNET_ERR_AXI: return "AXI";
-        case BITNET_ERR_ABORTED: return "ABORTED";
-        case BITNET_ERR_NO_SLOT: return "NO_SLOT";
-        case BITNET_ERR_ENGINE: return "ENGINE";
-    }
-    return "UNKNOWN";
-}
-
 // How a driver errno maps onto the library's codes (docs/DEVICE_ABI.md "Error codes").
 ErrorCode code_for_errno(int err) {
     switch (err) {
@@ -144,10 +124,15 @@ public:
     }
     void reset_counters() override { perf_ext(true); }
 
-    void inject_fault(int count) override { fault(BITNET_FAULT_ENGINE, static_cast<uint32_t>(std::max(count, 0))); }
-    bool inject_hang() override {
-        fault(BITNET_FAULT_HANG, 1);
-        return true;
+    void inject_fault(sim::FaultKind kind, int count, int64_t after) override {
+        if (!(info_.capabilities & BITNET_CAP_FAULT_INJECT))
+            throw Error(ErrorCode::INVALID, name_ + ": this card does not support fault injection");
+        bitnet_fault f;
+        std::memset(&f, 0, sizeof(f));
+        f.kind = static_cast<uint32_t>(kind);
+        f.count = static_cast<uint32_t>(std::max(count, 0));
+        f.after = static_cast<uint32_t>(std::min<int64_t>(std::max<int64_t>(after, 0), UINT32_MAX));
+        do_ioctl(BITNET_IOC_INJECT_FAULT, &f, "INJECT_FAULT");
     }
     void set_timeout_ms(int64_t ms) override { timeout_ms_.store(ms > 0 ? std::min<int64_t>(ms, int64_t{1} << 40) : 30000); }
 
@@ -175,12 +160,6 @@ private:
         p.flags = clear ? BITNET_PERF_CLEAR : 0u;
         do_ioctl(BITNET_IOC_GET_PERF_EXT, &p, "GET_PERF_EXT");
         return p;
-    }
-    void fault(uint32_t kind, uint32_t count) {
-        if (!(info_.capabilities & BITNET_CAP_FAULT_INJECT))
-            throw Error(ErrorCode::INVALID, name_ + ": this card does not support fault injection");
-        bitnet_fault f{kind, count};
-        do_ioctl(BITNET_IOC_INJECT_FAULT, &f, "INJECT_FAULT");
     }
     void free_ids(int64_t lo, int64_t hi);
     void wait_done();
@@ -464,9 +443,11 @@ void KernelTransport::wait_done() {
     if (st.state == BITNET_STATE_ERROR) {
         // Keep the card usable (its weights stay); the Device latches the error until reset().
         xioctl(BITNET_IOC_RESET, nullptr);
-        throw Error(ErrorCode::HW_ERROR, "card fault: " + name_ + " reported error " + std::to_string(st.error_code) +
-                                             " (" + card_error_name(st.error_code) + ") on a matmul command (slot " +
-                                             std::to_string(st.current_layer) + ")");
+        throw Error(ErrorCode::HW_ERROR,
+                    "card fault: " + name_ + " reported error " + std::to_string(st.error_code) + " (" +
+                        sim::card_error_name(st.error_code) + ") on a matmul command (slot " +
+                        std::to_string(st.current_layer) + ")",
+                    st.error_code);
     }
     if (st.error_code == BITNET_ERR_ABORTED) throw Error(ErrorCode::ABORTED, name_ + ": the card aborted the command");
 }

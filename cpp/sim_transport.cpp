@@ -25,7 +25,7 @@ public:
     void run(const MatmulCommand& cmd) override { card_.run(cmd); }
     Counters counters() const override { return card_.counters(); }
     void reset_counters() override { card_.reset_counters(); }
-    void inject_fault(int count) override { card_.inject_fault(count); }
+    void inject_fault(sim::FaultKind kind, int count, int64_t after) override { card_.inject_fault(kind, count, after); }
 
 private:
     sim::SimCard card_;

@@ -45,11 +45,11 @@ public:
     // for a real card's hardware counters.
     virtual bool counters_modeled() const { return true; }
 
-    // Test hooks. inject_fault: the next `count` matmul commands fail as a faulting card's
-    // would. inject_hang: the next command never finishes on its own (false: this transport
-    // cannot do that). set_timeout_ms: how long run() waits for the card.
-    virtual void inject_fault(int count) = 0;
-    virtual bool inject_hang() { return false; }
+    // Test hooks. inject_fault: after `after` more matmul commands complete, the next `count`
+    // fail as a card reporting `kind` would (Error(HW_ERROR) with the card's error code), or
+    // never finish (HANG; Error(INVALID) from a transport that cannot model it). kind NONE
+    // clears. set_timeout_ms: how long run() waits for the card.
+    virtual void inject_fault(sim::FaultKind kind, int count, int64_t after) = 0;
     virtual void set_timeout_ms(int64_t ms) { (void)ms; }
 };
 

@@ -6,6 +6,7 @@
 #include <exception>
 #include <future>
 
+#include "../cpp/bitnet_abi.h"
 #include "../cpp/error.h"
 
 namespace bitnet {
@@ -249,12 +250,72 @@ void SimCard::run(const MatmulCommand& cmd) {
     execute([&] { run_command(cmd); });
 }
 
-void SimCard::inject_fault(int count) { faults_.store(count < 0 ? 0 : count); }
+uint32_t card_error_for(FaultKind kind) {
+    switch (kind) {
+        case FaultKind::ENGINE: return BITNET_ERR_ENGINE;
+        case FaultKind::DMA: return BITNET_ERR_DMA;
+        case FaultKind::FIFO_OVERFLOW: return BITNET_ERR_FIFO_OVERFLOW;
+        case FaultKind::HW: return BITNET_ERR_HW;
+        case FaultKind::NONE:
+        case FaultKind::HANG: break;
+    }
+    return BITNET_ERR_OK;
+}
+
+const char* card_error_name(uint32_t code) {
+    switch (code) {
+        case BITNET_ERR_OK: return "OK";
+        case BITNET_ERR_INVALID_PARAM: return "INVALID_PARAM";
+        case BITNET_ERR_DMA: return "DMA";
+        case BITNET_ERR_TIMEOUT: return "TIMEOUT";
+        case BITNET_ERR_BUSY: return "BUSY";
+        case BITNET_ERR_NO_MEMORY: return "NO_MEMORY";
+        case BITNET_ERR_WEIGHT_MISMATCH: return "WEIGHT_MISMATCH";
+        case BITNET_ERR_HW: return "HW";
+        case BITNET_ERR_FIFO_OVERFLOW: return "FIFO_OVERFLOW";
+        case BITNET_ERR_FIFO_UNDERFLOW: return "FIFO_UNDERFLOW";
+        case BITNET_ERR_AXI: return "AXI";
+        case BITNET_ERR_ABORTED: return "ABORTED";
+        case BITNET_ERR_NO_SLOT: return "NO_SLOT";
+        case BITNET_ERR_ENGINE: return "ENGINE";
+    }
+    return "UNKNOWN";
+}
+
+void SimCard::inject_fault(FaultKind kind, int count, int64_t after) {
+    if (kind == FaultKind::HANG)
+        throw Error(ErrorCode::INVALID, "the sim transport cannot simulate a hung card; use device=\"sim+ioctl\"");
+    if (kind != FaultKind::NONE && card_error_for(kind) == BITNET_ERR_OK)
+        throw Error(ErrorCode::INVALID, "unknown fault kind " + std::to_string(static_cast<uint32_t>(kind)));
+    std::lock_guard<std::mutex> lock(fault_mutex_);
+    const bool clear = kind == FaultKind::NONE || count <= 0;
+    fault_kind_ = clear ? FaultKind::NONE : kind;
+    fault_count_ = clear ? 0 : count;
+    fault_after_ = clear ? 0 : std::max<int64_t>(after, 0);
+}
 
 void SimCard::run_command(const MatmulCommand& cmd) {
-    if (faults_.load() > 0) {
-        faults_.fetch_sub(1);
-        throw Error(ErrorCode::HW_ERROR, "card fault: the matrix engine reported an error (injected)");
+    uint32_t fault = BITNET_ERR_OK;
+    {
+        std::lock_guard<std::mutex> lock(fault_mutex_);
+        if (fault_count_ > 0) {
+            if (fault_after_ > 0) {
+                --fault_after_;
+            } else {
+                --fault_count_;
+                fault = card_error_for(fault_kind_);
+                if (fault_count_ == 0) fault_kind_ = FaultKind::NONE;
+            }
+        }
+    }
+    if (fault != BITNET_ERR_OK) {
+        static const char* const what[] = {"", "", "a DMA transfer failed", "", "", "", "",
+                                           "a hardware fault", "the command FIFO overflowed", "", "", "", "",
+                                           "the matrix engine reported an internal fault"};
+        throw Error(ErrorCode::HW_ERROR,
+                    std::string("card fault: error ") + std::to_string(fault) + " (" + card_error_name(fault) + "): " +
+                        what[fault] + " on a matmul command (injected)",
+                    fault);
     }
     const int64_t B = cmd.B, K = cmd.K, kpad = slot_k_padded(K);
     // The activation DMA lands in the engine's input buffer: rows zero-padded to whole

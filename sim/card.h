@@ -89,6 +89,16 @@ struct MatmulCommand {
     std::vector<MatmulOp> ops;
 };
 
+// Faults a test can inject into the card (the kinds of INJECT_FAULT, docs/DEVICE_ABI.md
+// section 5; the numbers are BITNET_FAULT_*). Each error kind latches its card error code:
+// ENGINE 13, DMA 2, FIFO_OVERFLOW 8, HW 7. HANG is a command that never finishes; only the
+// driver emulation models it (a direct SimCard command always ends).
+enum class FaultKind : uint32_t { NONE = 0, ENGINE = 1, HANG = 2, DMA = 3, FIFO_OVERFLOW = 4, HW = 5 };
+
+// The card error code (enum bitnet_card_error) a fault kind reports, and a code's name.
+uint32_t card_error_for(FaultKind kind);
+const char* card_error_name(uint32_t card_code);
+
 struct SlotInfo {
     int slot = -1;
     int64_t n = 0;
@@ -127,9 +137,11 @@ public:
     Counters counters() const;
     void reset_counters();
 
-    // Fault injection (tests of the host's error handling): the next `count` matmul commands
-    // fail with Error(HW_ERROR) as a card reporting an engine fault would.
-    void inject_fault(int count);
+    // Fault injection (tests of the host's error handling): after `after` more matmul commands
+    // complete, the next `count` fail with Error(HW_ERROR, card_code = card_error_for(kind))
+    // as a card reporting that fault would; nothing of a failed command is computed or
+    // counted. kind NONE (or count 0) clears a pending fault. HANG: Error(INVALID).
+    void inject_fault(FaultKind kind, int count, int64_t after = 0);
 
     // Read a slot's codes back (for tests and introspection): n*k int8.
     std::vector<int8_t> read_slot(int slot) const;
@@ -152,7 +164,10 @@ private:
 
     mutable std::mutex counters_mutex_;
     Counters counters_;
-    std::atomic<int> faults_{0};
+    std::mutex fault_mutex_;
+    FaultKind fault_kind_ = FaultKind::NONE;
+    int64_t fault_after_ = 0;   // commands still to complete before the fault
+    int64_t fault_count_ = 0;   // commands that fail then
 
     std::mutex engine_mutex_;   // one command at a time
     bool stopping_ = false;

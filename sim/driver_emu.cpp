@@ -276,19 +276,30 @@ int DriverEmu::ioctl(int fd, unsigned long request, void* arg) {
             out(p);
             return 0;
         }
-        case BITNET_IOC_INJECT_FAULT: {
+        case BITNET_IOC_INJECT_FAULT:
+        case BITNET_IOC_INJECT_FAULT_V20: {
             bitnet_fault f;
-            if (!in(f)) return fail(EFAULT);
+            std::memset(&f, 0, sizeof(f));
+            if (request == BITNET_IOC_INJECT_FAULT_V20) {   // ABI 2.0: kind and count only
+                bitnet_fault_v20 v;
+                if (!in(v)) return fail(EFAULT);
+                f.kind = v.kind;
+                f.count = v.count;
+            } else if (!in(f)) {
+                return fail(EFAULT);
+            }
+            if (f.reserved != 0 || f.kind > BITNET_FAULT_HW) return fail(EINVAL);
+            // One pending fault at a time: a new request replaces the last one.
             std::lock_guard<std::mutex> lock(mu_);
-            if (f.kind == BITNET_FAULT_NONE) {
-                card_.inject_fault(0);
-                hangs_ = 0;
-            } else if (f.kind == BITNET_FAULT_ENGINE) {
-                card_.inject_fault(static_cast<int>(std::min<uint32_t>(f.count, 1u << 30)));
-            } else if (f.kind == BITNET_FAULT_HANG) {
+            card_.inject_fault(FaultKind::NONE, 0);
+            hangs_ = 0;
+            hang_after_ = 0;
+            if (f.kind == BITNET_FAULT_HANG) {
                 hangs_ = f.count;
-            } else {
-                return fail(EINVAL);
+                hang_after_ = f.after;
+            } else if (f.kind != BITNET_FAULT_NONE) {
+                card_.inject_fault(static_cast<FaultKind>(f.kind), static_cast<int>(std::min<uint32_t>(f.count, 1u << 30)),
+                                   f.after);
             }
             return 0;
         }
@@ -522,7 +533,9 @@ void DriverEmu::worker_loop() {
         if (!pending_) return;   // stopping, nothing in flight
         pending_ = false;
         state_ = BITNET_STATE_RUNNING;
-        if (hangs_ > 0) {
+        if (hangs_ > 0 && hang_after_ > 0) {
+            --hang_after_;
+        } else if (hangs_ > 0) {
             // A hung engine: never finishes until ABORT or RESET stops it.
             --hangs_;
             cv_.wait(lock, [this] { return abort_requested_ || stopping_; });
@@ -534,9 +547,11 @@ void DriverEmu::worker_loop() {
             try {
                 card_.run(cmd);
             } catch (const Error& e) {
-                code = e.code() == ErrorCode::HW_ERROR ? BITNET_ERR_ENGINE
-                       : e.code() == ErrorCode::INVALID ? BITNET_ERR_INVALID_PARAM
-                                                        : BITNET_ERR_HW;
+                // A card fault carries its own code (DMA, FIFO_OVERFLOW, ...).
+                if (e.code() == ErrorCode::HW_ERROR)
+                    code = e.card_code() ? e.card_code() : static_cast<uint32_t>(BITNET_ERR_ENGINE);
+                else
+                    code = e.code() == ErrorCode::INVALID ? BITNET_ERR_INVALID_PARAM : BITNET_ERR_HW;
             } catch (...) {
                 code = BITNET_ERR_HW;
             }
@@ -589,7 +604,8 @@ int DriverEmu::do_reset() {
     rows_processed_ = 0;
     staging_ = Staging{};
     hangs_ = 0;
-    card_.inject_fault(0);
+    hang_after_ = 0;
+    card_.inject_fault(FaultKind::NONE, 0);
     return 0;
 }
 

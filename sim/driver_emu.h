@@ -110,7 +110,8 @@ private:
     bool pending_ = false;
     bool abort_requested_ = false;
     bool stopping_ = false;
-    uint32_t hangs_ = 0;   // next commands that never finish on their own
+    uint32_t hangs_ = 0;        // next commands that never finish on their own
+    uint32_t hang_after_ = 0;   // commands that still complete before those
     MatmulCommand cmd_;
     std::vector<int8_t> act_copy_;   // compacted activations when act_stride != k
     std::thread worker_;

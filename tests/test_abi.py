@@ -74,6 +74,8 @@ def test_constants_states_and_card_errors_match_the_document():
         assert re.search(rf"^\| {name} \| {value} \|", DOC, re.M), name
     for name, value in L["card_errors"].items():
         assert re.search(rf"^\| {value} \| {name} \|", DOC, re.M), name
+    from bitnet.errors import CARD_ERRORS
+    assert CARD_ERRORS == {v: k for k, v in L["card_errors"].items()}   # the Python copy of the table
     for cap, bit in (("CAP_MATMUL", 0), ("CAP_ACC_OUT", 1), ("CAP_LEGACY_INFERENCE", 2), ("CAP_FAULT_INJECT", 3),
                      ("CAP_EMULATED", 4)):
         assert c[cap] == 1 << bit and f"`BITNET_{cap}` (bit {bit}" in DOC, cap

@@ -30,7 +30,7 @@ F_SLOT_INFO = "<4IfIQ"
 F_OP = "<2I3Q"
 F_MATMUL_HEAD = "<2Q6I"
 F_PERF_EXT = "<2I9Q2I5Q"
-F_FAULT = "<2I"
+F_FAULT = "<4I"
 F_INFER = "<2Q4I"
 F_WEIGHT = "<QII"
 F_HEADER = "<3If"
@@ -216,7 +216,7 @@ def make_card(**kw):
 def test_info_reports_the_vibee_layout_and_the_profile():
     card = Card(profile="vibee-vcu118")
     i = card.info
-    assert (i["abi_major"], i["abi_minor"]) == (C["ABI_MAJOR"], C["ABI_MINOR"]) == (2, 0)
+    assert (i["abi_major"], i["abi_minor"]) == (C["ABI_MAJOR"], C["ABI_MINOR"]) == (2, 1)
     assert i["mmap_size"] == C["MMAP_DEFAULT_SIZE"] == 256 << 20
     assert (i["input_offset"], i["input_size"]) == (0, 64 << 20)
     assert (i["output_offset"], i["output_size"]) == (64 << 20, 64 << 20)
@@ -402,7 +402,7 @@ MALFORMED = [
     (44, "GET_PERF_EXT unknown flag",
      lambda c: c.ioctl(REQ["GET_PERF_EXT"], bytearray(struct.pack(F_PERF_EXT, 2, 0, *([0] * 9), 0, 0, *([0] * 5)))),
      errno.EINVAL),
-    (45, "INJECT_FAULT unknown kind", lambda c: c.call(REQ["INJECT_FAULT"], F_FAULT, 7, 1), errno.EINVAL),
+    (45, "INJECT_FAULT unknown kind", lambda c: c.call(REQ["INJECT_FAULT"], F_FAULT, 7, 1, 0, 0), errno.EINVAL),
     (46, "START_INFERENCE outside the input region", lambda c: _infer(c, input_offset=c.info["output_offset"]),
      errno.EINVAL),
     (47, "START_INFERENCE on a matrix engine", _infer, errno.EOPNOTSUPP),
@@ -411,6 +411,7 @@ MALFORMED = [
     (50, "mmap private", lambda c: _mmap(c, shared=False), errno.EINVAL),
     (51, "second open", _second_open, errno.EBUSY),
     (52, "open of another path", lambda c: c.emu.open("/dev/bitnet7"), errno.ENOENT),
+    (59, "INJECT_FAULT reserved", lambda c: c.call(REQ["INJECT_FAULT"], F_FAULT, C["FAULT_DMA"], 1, 0, 1), errno.EINVAL),
 ]
 
 
@@ -442,7 +443,7 @@ def test_malformed_request_rejected_without_side_effects(row, what, send, err):
 
 def test_busy_card_rejects_and_times_out_then_abort_recovers():
     card = make_card(timeout_ms=200)
-    assert card.call(REQ["INJECT_FAULT"], F_FAULT, C["FAULT_HANG"], 1) == (0, 0)
+    assert card.call(REQ["INJECT_FAULT"], F_FAULT, C["FAULT_HANG"], 1, 0, 0) == (0, 0)
     assert _mm(card) == (0, 0)
     assert card.emu.poll(card.fd, 0) == (0, 0, 0)      # not done
     assert card.status()["state"] in (STATE["RUNNING"], STATE["DMA_TRANSFER"])
@@ -462,7 +463,7 @@ def test_busy_card_rejects_and_times_out_then_abort_recovers():
 
 def test_card_in_error_rejects_until_reset():
     card = make_card()
-    assert card.call(REQ["INJECT_FAULT"], F_FAULT, C["FAULT_ENGINE"], 1) == (0, 0)
+    assert card.call(REQ["INJECT_FAULT"], F_FAULT, C["FAULT_ENGINE"], 1, 0, 0) == (0, 0)
     assert _mm(card) == (0, 0)
     assert card.emu.poll(card.fd, 5000) == (1, POLLIN | POLLERR, 0)
     st = card.status()
@@ -479,9 +480,36 @@ def test_card_in_error_rejects_until_reset():
     assert card.valid_matmul()
 
 
+@pytest.mark.parametrize("kind,code", [("FAULT_DMA", "DMA"), ("FAULT_FIFO_OVERFLOW", "FIFO_OVERFLOW"),
+                                       ("FAULT_HW", "HW"), ("FAULT_ENGINE", "ENGINE")])
+def test_fault_after_n_commands_latches_the_card_code(kind, code):
+    card = make_card()
+    assert card.call(REQ["INJECT_FAULT"], F_FAULT, C[kind], 1, 2, 0) == (0, 0)
+    commands = card.perf_ext()["commands"]
+    assert card.valid_matmul() and card.valid_matmul()      # `after` = 2 commands still complete
+    assert _mm(card) == (0, 0)
+    assert card.emu.poll(card.fd, 5000) == (1, POLLIN | POLLERR, 0)
+    st = card.status()
+    assert st["state"] == STATE["ERROR"] and st["error_code"] == CARD_ERR[code]
+    assert card.perf_ext()["commands"] == commands + 2    # the failed command is not counted
+    assert card.ioctl(REQ["RESET"]) == (0, 0)
+    assert card.valid_matmul()                             # count 1: the fault is spent
+
+
+def test_abi_2_0_inject_fault_request_still_works():
+    card = make_card()
+    assert C["IOC_INJECT_FAULT_V20"] == 0x4008420E
+    assert card.call(C["IOC_INJECT_FAULT_V20"], "<2I", C["FAULT_ENGINE"], 1) == (0, 0)
+    assert _mm(card) == (0, 0)
+    assert card.emu.poll(card.fd, 5000) == (1, POLLIN | POLLERR, 0)
+    assert card.status()["error_code"] == CARD_ERR["ENGINE"]
+    assert card.ioctl(REQ["RESET"]) == (0, 0)
+    assert card.call(C["IOC_INJECT_FAULT_V20"], "<2I", 9, 1) == (-1, errno.EINVAL)
+
+
 def test_close_aborts_and_frees_the_node():
     card = make_card()
-    assert card.call(REQ["INJECT_FAULT"], F_FAULT, C["FAULT_HANG"], 1) == (0, 0)
+    assert card.call(REQ["INJECT_FAULT"], F_FAULT, C["FAULT_HANG"], 1, 0, 0) == (0, 0)
     assert _mm(card) == (0, 0)
     assert card.emu.close(card.fd) == (0, 0)
     assert card.emu.close(card.fd) == (-1, errno.EBADF)

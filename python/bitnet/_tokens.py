@@ -82,16 +82,18 @@ def check_sampling(temperature: Any, top_k: Any, top_p: Any, seed: Any) -> tuple
     return t, k, p, s
 
 
-def check_stop_tokens(stop: Optional[Iterable[int]], default: Sequence[int]) -> list:
+def check_stop_tokens(stop: Optional[Iterable[int]], default: Sequence[int], name: str = "stop_token_ids") -> list:
     if stop is None:
         return list(default)
-    if isinstance(stop, (numbers.Integral, np.integer)) and not isinstance(stop, bool):
+    if isinstance(stop, (numbers.Integral, np.integer)) and not isinstance(stop, (bool, np.bool_)):
         stop = [int(stop)]
+    if isinstance(stop, (str, bytes, dict)) or not hasattr(stop, "__iter__"):
+        raise TypeError(f"{name} must be a token id or a list of token ids, not {type(stop).__name__}")
     out = []
     for i, t in enumerate(stop):
         if isinstance(t, (bool, np.bool_)) or not isinstance(t, (numbers.Integral, np.integer)):
-            raise TypeError(f"stop_token_ids[{i}] must be an integer token id, got {t!r}")
+            raise TypeError(f"{name}[{i}] must be an integer token id, got {t!r}")
         if int(t) < 0 or int(t) > _INT32_MAX:
-            raise BitNetValueError(ErrorCode.INVALID, f"stop_token_ids[{i}] = {int(t)} is not a token id")
+            raise BitNetValueError(ErrorCode.INVALID, f"{name}[{i}] = {int(t)} is not a token id")
         out.append(int(t))
     return out

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from . import _core
-from ._tokens import as_token_array, check_count, check_sampling, check_stop_tokens
+from ._tokens import as_token_array, check_count, check_float, check_sampling, check_stop_tokens
 from .errors import BitNetError, BitNetStateError, BitNetValueError, ErrorCode
 
 __all__ = ["BitNet", "BitNetStatus", "BitNetPerformance", "BitNetModelInfo", "default_device"]
@@ -40,13 +40,18 @@ class BitNetStatus:
     tokens_processed : int
         Tokens (prompt and generated) the current or last job has pushed through the model.
     error_code : int
-        The :class:`~bitnet.ErrorCode` of the fault that put the device in ERROR, else 0.
+        The :class:`~bitnet.ErrorCode` of the fault that put the device in ERROR, else 0
+        (``HW_ERROR`` for a fault the card reported).
+    card_error : int
+        With a card fault, the card's own error code (docs/DEVICE_ABI.md section 10: 2 DMA,
+        7 HW, 8 FIFO_OVERFLOW, 13 ENGINE, ...), else 0. An extension of the seed fields.
     """
 
     state: str
     current_layer: int
     tokens_processed: int
     error_code: int
+    card_error: int = 0
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,7 @@ class BitNet:
         self._dev = _core.Device(device, profile or "vibee-zcu104", threads, **custom)
         self._device_name = device
         self._job: Optional[Any] = None
+        self._job_error_reported = False
         self._stop_default: list = []
         self._user_slots: dict = {}
 
@@ -280,6 +286,8 @@ class BitNet:
         """
         self._check_open()
         layer_id = check_count(layer_id, "layer_id", -1, (1 << 24) - 1)
+        if scale is not None:
+            scale = check_float(scale, "scale")
         arr = np.asarray(weights)
         if arr.dtype == np.bool_ or arr.dtype == object or not (
             np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
@@ -328,6 +336,8 @@ class BitNet:
         """
         self._check_open()
         layer_id = check_count(layer_id, "layer_id", 0, (1 << 24) - 1)
+        if not isinstance(return_acc, (bool, np.bool_)):
+            raise TypeError(f"return_acc must be True or False, not {type(return_acc).__name__}")
         arr = np.asarray(x)
         if arr.dtype == np.bool_ or arr.dtype == object or not (
             np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
@@ -361,6 +371,10 @@ class BitNet:
         Generation stops after a token in ``stop_token_ids`` (which is included in the
         output); ``None`` means the model's end-of-sequence tokens, ``[]`` means none.
         It also stops at the model's ``max_seq_len``.
+
+        If the card faults mid-generation this raises :class:`BitNetError` (code
+        ``HW_ERROR``, ``card_error`` the card's code), the device stays in ERROR until
+        :meth:`reset`, and :meth:`get_output` returns the tokens generated before the fault.
         """
         self.inference_async(
             input_tokens, max_output, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
@@ -368,7 +382,7 @@ class BitNet:
         )
         job = self._job
         _wait_interruptibly(job)
-        job.rethrow_if_failed()
+        self._report_job_error()
         return job.tokens()
 
     def inference_async(
@@ -393,6 +407,16 @@ class BitNet:
         t, k, p, s = check_sampling(temperature, top_k, top_p, seed)
         stops = check_stop_tokens(stop_token_ids, self._stop_default)
         self._job = self._dev.submit([tokens], n, t, k, p, s, stops)
+        self._job_error_reported = False
+
+    def _report_job_error(self) -> None:
+        """Raise the error that ended the last job, once: a failed job reports its error to the
+        first inference()/get_output() that sees it finished; after that get_output() returns
+        the tokens it produced before the failure."""
+        job = self._job
+        if job is not None and job.done and not self._job_error_reported:
+            self._job_error_reported = True
+            job.rethrow_if_failed()
 
     def wait(self, timeout_ms: int = -1) -> bool:
         """Wait for the running job; ``False`` if ``timeout_ms`` (>= 0) passed first.
@@ -410,13 +434,17 @@ class BitNet:
         return bool(self._job.wait(timeout_ms))
 
     def get_output(self, max_output: int = 1024) -> np.ndarray:
-        """The tokens the last job generated so far (at most ``max_output`` of them)."""
+        """The tokens the last job generated so far (at most ``max_output`` of them).
+
+        When the job ended with an error (a card fault, a timeout) that no call has reported
+        yet, this raises it; once reported, it returns the tokens generated before the
+        failure (they are never lost).
+        """
         self._check_open()
         n = check_count(max_output, "max_output", 0)
         if self._job is None:
             return np.zeros(0, dtype=np.int32)
-        if self._job.done:
-            self._job.rethrow_if_failed()
+        self._report_job_error()
         return self._job.tokens()[:n]
 
     def abort(self) -> None:
@@ -443,7 +471,8 @@ class BitNet:
         """The device status register (:class:`BitNetStatus`)."""
         self._check_open()
         s = self._dev.status()
-        return BitNetStatus(s["state"], int(s["current_layer"]), int(s["tokens_processed"]), int(s["error_code"]))
+        return BitNetStatus(s["state"], int(s["current_layer"]), int(s["tokens_processed"]), int(s["error_code"]),
+                            int(s["card_error"]))
 
     @property
     def performance(self) -> BitNetPerformance:

@@ -49,15 +49,22 @@ class BitNetError(Exception):
         One of :class:`ErrorCode` (negative integers).
     code_name : str
         The code's name, e.g. ``"BUSY"``.
+    card_error : int
+        For a fault the card reported (code ``HW_ERROR``): the card's own error code
+        (docs/DEVICE_ABI.md section 10, e.g. 2 = DMA, 8 = FIFO_OVERFLOW, 13 = ENGINE); else 0.
+    card_error_name : str
+        Its name (``"DMA"``, ``"FIFO_OVERFLOW"``, ...), ``""`` when ``card_error`` is 0.
     """
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, card_error: int = 0) -> None:
         super().__init__(message)
         self.code = int(code)
         try:
             self.code_name = ErrorCode(self.code).name
         except ValueError:
             self.code_name = "UNKNOWN"
+        self.card_error = int(card_error)
+        self.card_error_name = card_error_name(self.card_error)
 
     def __str__(self) -> str:  # keep the plain message: it already names the problem
         return str(self.args[0]) if self.args else ""
@@ -87,9 +94,26 @@ class BitNetStateError(BitNetError):
     """The call is not valid in the device's current state (codes STATE, CLOSED)."""
 
 
-def _from_code(code: int, message: str) -> BitNetError:
+# The card error codes of docs/DEVICE_ABI.md section 10 (enum bitnet_card_error); tests/test_abi.py
+# checks this table against cpp/bitnet_abi.h.
+CARD_ERRORS = {
+    0: "OK", 1: "INVALID_PARAM", 2: "DMA", 3: "TIMEOUT", 4: "BUSY", 5: "NO_MEMORY", 6: "WEIGHT_MISMATCH", 7: "HW",
+    8: "FIFO_OVERFLOW", 9: "FIFO_UNDERFLOW", 10: "AXI", 11: "ABORTED", 12: "NO_SLOT", 13: "ENGINE",
+}
+
+
+def card_error_name(card_error: int) -> str:
+    """The name of a card error code (``"DMA"`` for 2), ``""`` for 0."""
+    if not card_error:
+        return ""
+    return CARD_ERRORS.get(int(card_error), "UNKNOWN")
+
+
+def _from_code(code: int, message: str, card_error: int = 0) -> BitNetError:
     """Build the exception instance for a C++ error (used by the extension module)."""
     code = int(code)
+    if card_error:
+        return BitNetError(code, message, card_error)
     if code == ErrorCode.INVALID:
         return BitNetValueError(code, message)
     if code == ErrorCode.TIMEOUT:

@@ -215,7 +215,11 @@ class BitNetStream:
         takes ``temperature``, ``top_k``, ``top_p``, ``seed``. Leaving the loop early aborts
         the job.
         """
-        stops = None if stop_token_id is None else [stop_token_id]
+        check_count(max_tokens, "max_tokens", 0)
+        check_count(poll_ms, "poll_ms", 1)
+        stops = None if stop_token_id is None else [check_count(stop_token_id, "stop_token_id", 0)]
+        if "stop_token_ids" in sampling:
+            raise TypeError("generate() takes stop_token_id (one id), not stop_token_ids")
         self._bn.inference_async(tokens, max_tokens, stop_token_ids=stops, **sampling)
         job = self._bn._job
         seen = 0
@@ -230,7 +234,7 @@ class BitNetStream:
                     seen += len(new)
                 elif job.done:
                     break
-            job.rethrow_if_failed()
+            self._bn._report_job_error()
         finally:
             if not job.done:
                 job.abort()

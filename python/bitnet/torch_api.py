@@ -50,7 +50,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from ._tokens import check_count, check_sampling, check_stop_tokens
+from ._tokens import check_count, check_float, check_sampling, check_stop_tokens
 from .core import BitNet
 from .errors import BitNetFileNotFoundError, BitNetValueError, ErrorCode
 
@@ -739,7 +739,14 @@ def _as_labels(labels: Any) -> torch.Tensor:
 def _as_mask(attention_mask: Any, shape: Tuple[int, ...]) -> Optional[torch.Tensor]:
     if attention_mask is None:
         return None
-    m = attention_mask if isinstance(attention_mask, torch.Tensor) else torch.as_tensor(np.asarray(attention_mask))
+    if isinstance(attention_mask, torch.Tensor):
+        m = attention_mask
+    else:
+        arr = np.asarray(attention_mask)
+        if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.number)):
+            raise TypeError(f"attention_mask must be a tensor or array of 0/1, not {type(attention_mask).__name__} "
+                            f"(dtype {arr.dtype})")
+        m = torch.as_tensor(arr)
     m = m.detach().cpu()
     if m.is_floating_point() or m.is_complex():
         raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {m.dtype}")
@@ -1291,6 +1298,7 @@ def to_device(module: nn.Module, device: Union[None, str, BitNet] = None) -> nn.
         raise TypeError(f"module must be a torch.nn.Module, not {type(module).__name__}")
     if isinstance(device, BitNet):
         bn = device
+        bn._check_open()
     elif device is None or isinstance(device, str):
         bn = BitNet(device)
     else:
@@ -1492,8 +1500,9 @@ class BitNetModule(nn.Module):
         stop_list = check_stop_tokens(stops, bn._stop_default)
         job = bn._dev.submit(rows, max_new, t, k, p, s, stop_list)
         bn._job = job
+        bn._job_error_reported = False
         job.wait(-1)
-        job.rethrow_if_failed()
+        bn._report_job_error()
         return [job.tokens(i) for i in range(len(rows))]
 
     # ---------------------------------------------------------------- the seed API
@@ -1574,14 +1583,14 @@ class BitNetModule(nn.Module):
         if not isinstance(do_sample, bool):
             raise TypeError(f"do_sample must be True or False, got {type(do_sample).__name__}")
         if do_sample:
-            t = float(temperature)
+            t = check_float(temperature, "temperature")
             if not t > 0:
                 raise _invalid(f"temperature must be > 0 when do_sample=True, got {temperature!r}")
         else:
             t, top_k, top_p = 0.0, 0, 1.0
         if any(s + m < ids.shape[1] for s, m in spans):
             logger.warning("generate: right-padded input; new tokens are appended after the padding (use left padding)")
-        stops = check_stop_tokens(eos_token_id, self.bitnet._stop_default)
+        stops = check_stop_tokens(eos_token_id, self.bitnet._stop_default, "eos_token_id")
         outs = self._run(rows, n, t, top_k, top_p, seed, stops)
         if pad_token_id is None:
             pad_token_id = stops[0] if stops else 0
