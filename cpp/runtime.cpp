@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 
 namespace bitnet {
 
@@ -288,57 +289,78 @@ void Engine::forward_argmax(const std::vector<ForwardRow>& rows, std::vector<int
     const int64_t V = compact_.rows, D = compact_.cols;
     const int64_t W = static_cast<int64_t>(hidden.size()) / D;
     tokens.assign(static_cast<size_t>(W), 0);
-    std::vector<int32_t> idot(static_cast<size_t>(V));
-    std::vector<double> lo(static_cast<size_t>(V)), hi(static_cast<size_t>(V));
-    std::vector<int8_t> h8(static_cast<size_t>(D));
     // Relative rounding slack of an fp32 dot of length D summed in 16 lanes (depth D/16 + 4),
     // doubled for safety; u = 2^-24.
     const double gamma = 2.0 * (static_cast<double>(D) / 16.0 + 8.0) * std::ldexp(1.0, -24);
-    for (int64_t w = 0; w < W; ++w) {
-        const float* h = hidden.data() + w * D;
-        // h ~= h8 / s_h, with the residual's norm.
-        float amax = 0.0f;
-        for (int64_t i = 0; i < D; ++i) amax = std::max(amax, std::fabs(h[i]));
-        const float sh = 127.0f / std::max(amax, 1e-30f);
-        double hnorm = 0, dnorm = 0;
-        for (int64_t i = 0; i < D; ++i) {
-            const float r = std::nearbyint(h[i] * sh);
-            h8[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, r)));
-            const double d = static_cast<double>(h[i]) - static_cast<double>(h8[i]) / sh;
-            hnorm += static_cast<double>(h[i]) * h[i];
-            dnorm += d * d;
+    // Rows of a batch go through the int8 copy together, up to kGroup at a time: each block of
+    // kBlock compact rows is read from memory once and scored against every row of the group
+    // while it sits in L2.
+    constexpr int64_t kGroup = 8, kBlock = 64;
+    std::vector<int8_t> h8(static_cast<size_t>(kGroup * D));
+    std::vector<float> sh(kGroup), hi(static_cast<size_t>(kGroup * V));
+    std::vector<double> hnorm(kGroup), dnorm(kGroup), best_lo(kGroup);
+    std::mutex best_mutex;
+    for (int64_t w0 = 0; w0 < W; w0 += kGroup) {
+        const int64_t nw = std::min(kGroup, W - w0);
+        for (int64_t w = 0; w < nw; ++w) {
+            const float* h = hidden.data() + (w0 + w) * D;
+            // h ~= h8 / s_h, with the residual's norm.
+            float amax = 0.0f;
+            for (int64_t i = 0; i < D; ++i) amax = std::max(amax, std::fabs(h[i]));
+            sh[w] = 127.0f / std::max(amax, 1e-30f);
+            double hn = 0, dn = 0;
+            for (int64_t i = 0; i < D; ++i) {
+                const float r = std::nearbyint(h[i] * sh[w]);
+                const int8_t c = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, r)));
+                h8[static_cast<size_t>(w * D + i)] = c;
+                const double d = static_cast<double>(h[i]) - static_cast<double>(c) / sh[w];
+                hn += static_cast<double>(h[i]) * h[i];
+                dn += d * d;
+            }
+            hnorm[w] = std::sqrt(hn);
+            dnorm[w] = std::sqrt(dn);
+            best_lo[w] = -std::numeric_limits<double>::infinity();
         }
-        hnorm = std::sqrt(hnorm);
-        dnorm = std::sqrt(dnorm);
         // Score every row: a_v = s_v / s_h * (q_v . h8), with |z_v - a_v| <= bound_v where z_v
         // is the exact head's fp32 logit:
         //   |E_v.h - s_v q_v.h|          <= err_v * |h|
         //   |s_v q_v.(h - h8/s_h)|       <= s_v |q_v| * |h - h8/s_h|
         //   fp32 rounding of z_v         <= gamma |E_v| |h|
         //   rounding of a_v (in double)  negligible; covered by the factor below.
-        pool_->parallel_for(V, 1024, [&](int64_t v0, int64_t v1) {
-            kernels_->dot_i8(compact_.q.data() + v0 * D, D, v1 - v0, h8.data(), D, idot.data() + v0);
-            for (int64_t v = v0; v < v1; ++v) {
-                const double a = static_cast<double>(compact_.scale[v]) / sh * idot[v];
-                const double b = (compact_.err[v] * hnorm + compact_.scale[v] * compact_.qnorm[v] * dnorm +
-                                  gamma * compact_.enorm[v] * hnorm) * (1.0 + 1e-6) + 1e-30;
-                lo[v] = a - b;
-                hi[v] = a + b;
+        // hi is kept as a float rounded up, which can only add candidates.
+        pool_->parallel_for(V, kBlock, [&](int64_t v0, int64_t v1) {
+            int32_t idot[kBlock];
+            double local_best[kGroup];
+            for (int64_t w = 0; w < nw; ++w) {
+                kernels_->dot_i8(compact_.q.data() + v0 * D, D, v1 - v0, h8.data() + w * D, D, idot);
+                local_best[w] = -std::numeric_limits<double>::infinity();
+                for (int64_t v = v0; v < v1; ++v) {
+                    const double a = static_cast<double>(compact_.scale[v]) / sh[w] * idot[v - v0];
+                    const double b = (compact_.err[v] * hnorm[w] + compact_.scale[v] * compact_.qnorm[v] * dnorm[w] +
+                                      gamma * compact_.enorm[v] * hnorm[w]) * (1.0 + 1e-6) + 1e-30;
+                    local_best[w] = std::max(local_best[w], a - b);
+                    const float up = static_cast<float>(a + b);
+                    hi[static_cast<size_t>(w * V + v)] =
+                        static_cast<double>(up) < a + b ? std::nextafter(up, std::numeric_limits<float>::infinity()) : up;
+                }
             }
+            std::lock_guard<std::mutex> lock(best_mutex);
+            for (int64_t w = 0; w < nw; ++w) best_lo[w] = std::max(best_lo[w], local_best[w]);
         });
-        double best_lo = -std::numeric_limits<double>::infinity();
-        for (int64_t v = 0; v < V; ++v) best_lo = std::max(best_lo, lo[v]);
-        std::vector<int64_t> cand;
-        for (int64_t v = 0; v < V; ++v)
-            if (hi[v] >= best_lo) cand.push_back(v);
-        std::vector<float> z(cand.size());
-        exact_logit_rows(h, cand.data(), static_cast<int64_t>(cand.size()), z.data());
-        size_t best = 0;
-        for (size_t i = 1; i < cand.size(); ++i)
-            if (z[i] > z[best]) best = i;   // candidates are in index order: first maximum wins
-        tokens[static_cast<size_t>(w)] = static_cast<int32_t>(cand[best]);
-        head_stats_.calls += 1;
-        head_stats_.rescored += cand.size();
+        for (int64_t w = 0; w < nw; ++w) {
+            std::vector<int64_t> cand;
+            const float* hw = hi.data() + w * V;
+            for (int64_t v = 0; v < V; ++v)
+                if (static_cast<double>(hw[v]) >= best_lo[w]) cand.push_back(v);
+            std::vector<float> z(cand.size());
+            exact_logit_rows(hidden.data() + (w0 + w) * D, cand.data(), static_cast<int64_t>(cand.size()), z.data());
+            size_t best = 0;
+            for (size_t i = 1; i < cand.size(); ++i)
+                if (z[i] > z[best]) best = i;   // candidates are in index order: first maximum wins
+            tokens[static_cast<size_t>(w0 + w)] = static_cast<int32_t>(cand[best]);
+            head_stats_.calls += 1;
+            head_stats_.rescored += cand.size();
+        }
     }
 }
 

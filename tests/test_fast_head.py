@@ -44,7 +44,10 @@ def test_fast_head_batch(model):
     with BitNet("sim") as fast, BitNet("sim") as exact:
         fast.load_weights(model, fast_head=True)
         exact.load_weights(model)
-        rows = [np.array([1, 2, 3], np.int32), np.array([9] * 10, np.int32)]
+        # 11 rows: one full group of 8 scored together against the int8 copy, then 3 more.
+        rng = np.random.default_rng(5)
+        rows = [np.array([1, 2, 3], np.int32), np.array([9] * 10, np.int32)] + [
+            rng.integers(0, 4096, size=int(n)).astype(np.int32) for n in rng.integers(1, 20, size=9)]
         job = fast._dev.submit(rows, 16, 0.0, 0, 1.0, 0, [])
         job.wait(-1)
         for i, r in enumerate(rows):
