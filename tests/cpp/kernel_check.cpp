@@ -8,6 +8,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../../sim/kernels/kernels.h"
@@ -115,7 +116,7 @@ void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n
 
 // --bench: one thread, decode-shaped work on 256 MB of weights (far beyond the caches): the
 // GEMV's weight streaming rate next to a plain read of as many bytes with the same loads.
-int bench(int64_t N, int64_t K, int64_t B = 1) {
+int bench(int64_t N, int64_t K, int64_t B = 1, int threads = 1) {
     std::vector<int8_t> t(static_cast<size_t>(N * K));
     std::mt19937_64 rng(1);
     for (auto& v : t) v = static_cast<int8_t>(static_cast<int>(rng() % 3) - 1);
@@ -149,17 +150,34 @@ int bench(int64_t N, int64_t K, int64_t B = 1) {
         uint64_t sink = 0;
         for (int r = 0; r < 4; ++r) {
             auto t0 = std::chrono::steady_clock::now();
-            k.gemm(slot, act, acc.data(), N, 0, N);
+            if (threads == 1) {
+                k.gemm(slot, act, acc.data(), N, 0, N);
+            } else {   // row blocks of 256 handed out in turn, as the card's pool does
+                std::vector<std::thread> pool;
+                for (int th = 0; th < threads; ++th)
+                    pool.emplace_back([&, th] {
+                        for (int64_t j = th * 256; j < N; j += threads * 256) k.gemm(slot, act, acc.data(), N, j, std::min(N, j + 256));
+                    });
+                for (auto& th : pool) th.join();
+            }
             auto t1 = std::chrono::steady_clock::now();
-            sink += k.read_sum(slot.packed.data() - reinterpret_cast<uintptr_t>(slot.packed.data()) % 64 + 64,
-                               static_cast<int64_t>(slot.packed.size()) - 128) ;
+            {   // the same bytes read with the same loads and thread count
+                const uint8_t* base = slot.packed.data() - reinterpret_cast<uintptr_t>(slot.packed.data()) % 64 + 64;
+                const int64_t len = (static_cast<int64_t>(slot.packed.size()) - 128) / threads / 64 * 64;
+                std::vector<uint64_t> part(static_cast<size_t>(threads));
+                std::vector<std::thread> pool;
+                for (int th = 0; th < threads; ++th)
+                    pool.emplace_back([&, th] { part[static_cast<size_t>(th)] = k.read_sum(base + th * len, len); });
+                for (auto& th : pool) th.join();
+                for (uint64_t v : part) sink += v;
+            }
             auto t2 = std::chrono::steady_clock::now();
             if (r > 0) {
                 best_gemv = std::min(best_gemv, std::chrono::duration<double>(t1 - t0).count());
                 best_read = std::min(best_read, std::chrono::duration<double>(t2 - t1).count());
             }
         }
-        std::printf("%-7s B=%-2lld %6.1f GB/s of weights, read %6.1f GB/s (%3.0f%%)   [%llu]\n", name.c_str(), static_cast<long long>(B),
+        std::printf("%dT %-7s B=%-2lld %6.1f GB/s of weights, read %6.1f GB/s (%3.0f%%)   [%llu]\n", threads, name.c_str(), static_cast<long long>(B),
                     bytes / best_gemv / 1e9, bytes / best_read / 1e9, 100.0 * best_read / best_gemv,
                     static_cast<unsigned long long>(sink % 10));
     }
@@ -170,6 +188,7 @@ int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--bench") {
         std::printf("weights far beyond the caches (256 MB):\n");
         bench(131072, 8192);
+        bench(131072, 8192, 1, 2);
         bench(32768, 8192, 8);
         std::printf("weights in L2 (1 MB): the kernels' compute rate\n");
         bench(2048, 2048, 8);
