@@ -130,3 +130,80 @@ except KeyboardInterrupt:
         pytest.skip("the job finished before the signal arrived")
     assert lines[0].startswith("INTERRUPTED IDLE False"), lines
     assert lines[1] == "AFTER 3"
+
+
+# ---------------------------------------------------------------------------- each x100
+def test_four_handles_one_file_repeated(model, expected):
+    # 100 rounds of 4 handles on one file, opened, loaded, run and closed concurrently.
+    errors = []
+
+    def worker(i, r):
+        try:
+            p = 1 + (i + r) % 8
+            with BitNet("sim", n_threads=1) as bn:
+                bn.load_weights(model)
+                if bn.inference(list(range(1, p + 1)), 6, stop_token_ids=[]).tolist() != expected[p]:
+                    errors.append(f"round {r} handle {i}: wrong tokens")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"round {r} handle {i}: {e!r}")
+
+    for r in range(100):
+        threads = [threading.Thread(target=worker, args=(i, r)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:5]
+
+
+def test_wait_timeouts_repeated(model, expected):
+    # 100 jobs, each polled with short timeouts until done: a timed-out wait never loses or
+    # corrupts output, and the result equals the synchronous one.
+    with BitNet("sim") as bn:
+        bn.load_weights(model)
+        for r in range(100):
+            p = 1 + r % 8
+            bn.inference_async(list(range(1, p + 1)), 6, stop_token_ids=[])
+            t0 = time.perf_counter()
+            while not bn.wait(r % 3):          # 0, 1 or 2 ms
+                assert time.perf_counter() - t0 < 30
+            assert bn.get_output().tolist() == expected[p]
+            assert bn.status.state == "IDLE" and not bn.is_busy
+
+
+def test_keyboard_interrupt_repeated(model, tmp_path):
+    # 100 real SIGINTs, each during a blocking inference (sent at varying moments): the call
+    # raises KeyboardInterrupt, the device is IDLE and not busy, and the next inference is exact.
+    script = tmp_path / "ctrlc100.py"
+    script.write_text(f"""
+import os, signal, threading, time
+import bitnet
+bn = bitnet.BitNet("sim", n_threads=1)
+bn.load_weights({model!r})
+ref = bn.inference([1, 2], 3, stop_token_ids=[]).tolist()
+interrupted = finished = bad = 0
+for r in range(100):
+    timer = threading.Timer(0.002 + 0.0003 * (r % 20), os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    done = False
+    try:
+        try:
+            bn.inference([1, 2, 3], max_output=400, stop_token_ids=[])
+            done = True
+        finally:
+            timer.join()
+            time.sleep(0.01)   # a signal sent just after the call returned lands here
+    except KeyboardInterrupt:
+        pass
+    finished += done
+    interrupted += not done
+    if bn.status.state != "IDLE" or bn.is_busy or bn.inference([1, 2], 3, stop_token_ids=[]).tolist() != ref:
+        bad += 1
+print("RESULT", interrupted, finished, bad, flush=True)
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1].split()
+    interrupted, finished, bad = map(int, line[1:])
+    print(f"Ctrl-C x100: {interrupted} interrupted, {finished} finished before the signal, {bad} bad")
+    assert bad == 0 and interrupted + finished == 100 and interrupted >= 50
