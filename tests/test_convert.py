@@ -375,7 +375,8 @@ def test_tokenizer_keys(ckpt, tmp_path):
     assert kv["tokenizer.ggml.merges"] == ["a b", "ab c"]
     assert kv["tokenizer.ggml.add_bos_token"] is True
     assert kv["tokenizer.chat_template"] == "{{ x }}"
-    assert "tokenizer.ggml.pre" not in kv        # only set for the 128256-token LLaMA-3 vocabulary
+    # no Split pre-tokenizer and not the 128256-token LLaMA-3 vocabulary: GPT-2's split
+    assert kv["tokenizer.ggml.pre"] == "gpt2"
 
 
 # ---------------------------------------------------------------------------------------------

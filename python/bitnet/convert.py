@@ -37,7 +37,9 @@ Always written: ``<arch>.hidden_activation`` (``relu2`` or ``silu``; loaders def
 when it is absent), ``<arch>.vocab_size``, ``<arch>.rope.dimension_count``, the HF token ids
 (``tokenizer.ggml.{bos,eos,padding}_token_id``) and the whole HF ``config.json`` as the string
 ``bitnet_pkg.hf_config_json`` (plus ``bitnet_pkg.weight_source``). When ``tokenizer.json`` is
-present the byte-level BPE vocabulary is written as ``tokenizer.ggml.*`` (model ``gpt2``).
+present its vocabulary is written as ``tokenizer.ggml.*`` (model ``gpt2`` for byte-level BPE,
+``llama`` for SentencePiece-style BPE), with merges, token types, special tokens and the chat
+template, so that the GGUF file alone rebuilds the tokenizer (:func:`_add_tokenizer`).
 
 Dependencies: numpy, ``gguf`` and ``safetensors`` (``pip install bitnet[convert]``); torch is
 not needed. ``safetensors``' numpy front end cannot return bf16 tensors (numpy has no bf16),
@@ -87,6 +89,8 @@ _FILE_TYPE = {"f16": 1, "tq1_0": 36, "tq2_0": 37, "i2_s": 40}
 
 KEY_HF_CONFIG = "bitnet_pkg.hf_config_json"
 KEY_WEIGHT_SOURCE = "bitnet_pkg.weight_source"
+# A byte-level BPE split regex with no llama.cpp name, stored verbatim (read by bitnet.tokenizer).
+KEY_PRE_REGEX = "bitnet_pkg.pre_tokenizer_regex"
 
 # HF projection module suffix -> GGUF tensor stem (REFERENCE.md 2.3)
 _PROJ = (
@@ -519,7 +523,77 @@ def _encode_float(gguf, x: np.ndarray, kind: str, name: str):
 # tokenizer
 # ---------------------------------------------------------------------------------------------
 
+_SP_SPACE = "\u2581"   # SentencePiece's visible space
+
+
+def _json_kind(tj: Dict[str, Any]) -> Optional[str]:
+    """'gpt2' (byte-level BPE), 'llama' (SentencePiece-style BPE) or None, from tokenizer.json."""
+    blob = json.dumps({k: tj.get(k) for k in ("pre_tokenizer", "decoder", "normalizer")})
+    if '"ByteLevel"' in blob:
+        return "gpt2"
+    if tj["model"].get("byte_fallback") or '"ByteFallback"' in blob or '"Metaspace"' in blob or _SP_SPACE in blob:
+        return "llama"
+    return None
+
+
+def _split_regex(tj: Dict[str, Any]) -> Tuple[Optional[str], bool]:
+    """The Split pre-tokenizer's regex (if any) and whether ByteLevel splits with GPT-2's own regex."""
+    pre = tj.get("pre_tokenizer") or {}
+    items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    regex, bytelevel_regex = None, False
+    for it in items:
+        if not isinstance(it, dict):
+            continue
+        if it.get("type") == "Split" and isinstance(it.get("pattern"), dict) and "Regex" in it["pattern"]:
+            regex = it["pattern"]["Regex"]
+        if it.get("type") == "ByteLevel" and it.get("use_regex", True):
+            bytelevel_regex = True
+    return regex, bytelevel_regex
+
+
+def _post_processor_adds_bos(tj: Dict[str, Any]) -> Optional[bool]:
+    pp = tj.get("post_processor") or {}
+    items = pp.get("processors", []) if pp.get("type") == "Sequence" else [pp]
+    for it in items:
+        if isinstance(it, dict) and it.get("type") == "TemplateProcessing":
+            single = it.get("single") or []
+            return bool(single) and "SpecialToken" in single[0]
+    return None
+
+
+def _read_tokenizer_config(hf_dir: Path) -> Dict[str, Any]:
+    tc_path = hf_dir / "tokenizer_config.json"
+    tc: Dict[str, Any] = {}
+    if tc_path.is_file():
+        try:
+            tc = json.loads(tc_path.read_text(encoding="utf-8"))
+        except ValueError:
+            logger.warning("%s: invalid JSON; ignored", tc_path)
+    template = tc.get("chat_template")
+    if isinstance(template, list):     # named templates: keep the default one
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+    jinja = hf_dir / "chat_template.jinja"     # newer transformers save the template beside the config
+    if not isinstance(template, str) and jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    tc["chat_template"] = template if isinstance(template, str) else None
+    return tc
+
+
 def _add_tokenizer(writer, hf_dir: Path, spec: _Spec) -> None:
+    """Write the tokenizer of ``hf_dir`` as ``tokenizer.ggml.*`` so the GGUF file alone rebuilds it.
+
+    Byte-level BPE tokenizer.json files become model ``gpt2`` (tokens, types, merges, and the
+    pre-tokenizer by name: ``llama-bpe``, ``gpt2`` or ``qwen2``; any other split regex is stored
+    verbatim as ``bitnet_pkg.pre_tokenizer_regex``). SentencePiece-style BPE (``▁`` spaces,
+    byte fallback) becomes model ``llama`` with tokens, types, scores (``-rank`` of the merge
+    that makes each piece, so merge order survives for readers without merges), merges and
+    ``add_space_prefix``. Added tokens are CONTROL when special, USER_DEFINED otherwise; byte
+    pieces ``<0xNN>`` are BYTE. From tokenizer_config.json (or chat_template.jinja): the chat
+    template, ``add_bos_token``/``add_eos_token``, and ``eot_token_id`` when its eos token differs
+    from config.json's.
+    """
+    from .tokenizer import PRE_TOKENIZER_REGEX
+
     path = hf_dir / "tokenizer.json"
     if not path.is_file():
         return
@@ -532,9 +606,13 @@ def _add_tokenizer(writer, hf_dir: Path, spec: _Spec) -> None:
         vocab: Dict[str, int] = dict(model["vocab"])
         merges_raw = model.get("merges", [])
         added = tj.get("added_tokens", [])
+        kind = _json_kind(tj)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning("%s: unreadable tokenizer (%s); tokenizer keys not written", path, exc)
         return
+    if kind is None:
+        logger.warning("%s: neither byte-level nor SentencePiece-style BPE; written as byte-level BPE (gpt2)", path)
+        kind = "gpt2"
     special_ids = set()
     user_ids = set()
     for tok in added:
@@ -543,32 +621,70 @@ def _add_tokenizer(writer, hf_dir: Path, spec: _Spec) -> None:
     if vocab and max(vocab.values()) >= spec.vocab:
         logger.warning("%s: token id %d >= vocab_size %d; tokenizer keys not written", path, max(vocab.values()), spec.vocab)
         return
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in merges_raw]
+    if any(len(m) != 2 or " " in m[0] or " " in m[1] for m in merges):
+        logger.warning("%s: a merge has a token with a space, which GGUF's 'A B' merges cannot hold; "
+                       "tokenizer keys not written", path)
+        return
     tokens = [f"[PAD{i}]" for i in range(spec.vocab)]
     types = [5] * spec.vocab                      # UNUSED until filled
+    unk = model.get("unk_token")
     for text, i in vocab.items():
         tokens[i] = text
-        types[i] = 3 if i in special_ids else 4 if i in user_ids else 1   # CONTROL / USER_DEFINED / NORMAL
-    merges = [m if isinstance(m, str) else " ".join(m) for m in merges_raw]
-    writer.add_tokenizer_model("gpt2")
-    if spec.vocab == 128256:
-        writer.add_tokenizer_pre("llama-bpe")     # LLaMA-3 vocabulary (REFERENCE.md 2.9)
+        if i in special_ids:
+            types[i] = 2 if text == unk else 3     # UNKNOWN / CONTROL
+        elif i in user_ids:
+            types[i] = 4                           # USER_DEFINED
+        elif kind == "llama" and len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            types[i] = 6                           # BYTE
+        else:
+            types[i] = 1                           # NORMAL
+    tc = _read_tokenizer_config(hf_dir)
+    writer.add_tokenizer_model(kind)
+    if kind == "gpt2":
+        regex, bytelevel_regex = _split_regex(tj)
+        names = {v: k for k, v in reversed(list(PRE_TOKENIZER_REGEX.items()))}   # first name of each regex
+        if regex is not None:
+            pre = "llama-bpe" if PRE_TOKENIZER_REGEX["llama-bpe"] == regex else names.get(regex)
+            if pre is None:
+                pre = "default"
+                writer.add_string(KEY_PRE_REGEX, regex)
+        elif bytelevel_regex:
+            pre = "gpt2"
+        else:
+            pre = "llama-bpe" if spec.vocab == 128256 else "gpt2"
+        writer.add_tokenizer_pre(pre)
+    else:
+        rank = {}
+        for r, (a, b) in enumerate(merges):
+            rank.setdefault(a + b, r)
+        writer.add_token_scores([-float(rank[t] + 1) if t in rank else 0.0 for t in tokens])
+        norm_blob = json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer")])
+        prepend = '"Prepend"' in norm_blob or ('"Metaspace"' in norm_blob and '"never"' not in norm_blob)
+        writer.add_bool("tokenizer.ggml.add_space_prefix", prepend)
+        if unk in vocab:
+            writer.add_unk_token_id(vocab[unk])
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     if merges:
-        writer.add_token_merges(merges)
-    tc_path = hf_dir / "tokenizer_config.json"
-    add_bos: Optional[bool] = True if spec.vocab == 128256 else None
-    if tc_path.is_file():
-        try:
-            tc = json.loads(tc_path.read_text(encoding="utf-8"))
-            if isinstance(tc.get("add_bos_token"), bool):
-                add_bos = tc["add_bos_token"]
-            if isinstance(tc.get("chat_template"), str):
-                writer.add_chat_template(tc["chat_template"])
-        except ValueError:
-            logger.warning("%s: invalid JSON; ignored", tc_path)
+        writer.add_token_merges([f"{a} {b}" for a, b in merges])
+
+    add_bos: Optional[bool] = _post_processor_adds_bos(tj)
+    if add_bos is None and spec.vocab == 128256:
+        add_bos = True
+    if isinstance(tc.get("add_bos_token"), bool):
+        add_bos = tc["add_bos_token"]
     if add_bos is not None:
         writer.add_add_bos_token(add_bos)
+    if isinstance(tc.get("add_eos_token"), bool):
+        writer.add_add_eos_token(tc["add_eos_token"])
+    if tc["chat_template"]:
+        writer.add_chat_template(tc["chat_template"])
+    eos_tok = tc.get("eos_token")
+    if isinstance(eos_tok, dict):
+        eos_tok = eos_tok.get("content")
+    if isinstance(eos_tok, str) and eos_tok in vocab and vocab[eos_tok] != spec.eos:
+        writer.add_eot_token_id(vocab[eos_tok])   # instruct models end turns with e.g. <|eot_id|>
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,13 +13,16 @@ import glob
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
 from ._tokens import as_token_array, check_count, check_float, check_sampling, check_stop_tokens
 from .errors import BitNetError, BitNetStateError, BitNetValueError, ErrorCode
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 __all__ = ["BitNet", "BitNetStatus", "BitNetPerformance", "BitNetModelInfo", "default_device"]
 
@@ -151,6 +154,21 @@ def _wait_interruptibly(job: Any) -> None:
         raise
 
 
+def _job_tokens(job: Any, poll_ms: int) -> Iterator[int]:
+    """Yield a running job's generated tokens (ints) as they arrive, until it is done."""
+    seen = 0
+    while True:
+        n = job.wait_for_tokens(seen + 1, poll_ms)
+        if n > seen:
+            # tokens_from may return more than n: more can arrive between the two calls.
+            new = job.tokens_from(seen).tolist()
+            seen += len(new)
+            for t in new:
+                yield int(t)
+        elif job.done:
+            return
+
+
 class BitNet:
     """A BitNet b1.58 accelerator: the FPGA card through its driver, or the simulator.
 
@@ -209,6 +227,9 @@ class BitNet:
         self._job_error_reported = False
         self._stop_default: list = []
         self._user_slots: dict = {}
+        self._model_path: Optional[str] = None
+        self._tokenizer: "Optional[Tokenizer]" = None
+        self._tokenizer_arg: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -254,8 +275,14 @@ class BitNet:
         return cfg
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, model_path: "str | os.PathLike[str]", *, fast_head: bool = False) -> None:
+    def load_weights(self, model_path: "str | os.PathLike[str]", *, fast_head: bool = False,
+                     tokenizer: "Union[str, os.PathLike[str], Tokenizer, None]" = None) -> None:
         """Load a model file (GGUF: ``bitnet``, ``bitnet-b1.58`` or ``bitnet-25``) onto the card.
+
+        ``tokenizer`` (for :meth:`encode`, :meth:`decode`, :meth:`generate_text`) is a
+        :class:`~bitnet.tokenizer.Tokenizer` or a path to a Hugging Face ``tokenizer.json`` (or
+        its directory). Without it, the tokenizer is built on first use from the file's
+        ``tokenizer.ggml.*`` metadata, else from a ``tokenizer.json`` beside the model file.
 
         ``fast_head=True`` also builds an int8 copy of the output head with per-row error
         bounds. Greedy decoding then scores every vocabulary row with it and re-scores at full
@@ -272,8 +299,16 @@ class BitNet:
         path = os.fspath(model_path)
         if not isinstance(fast_head, bool):
             raise TypeError("fast_head must be True or False")
+        from .tokenizer import Tokenizer
+
+        if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike, Tokenizer)):
+            raise TypeError(f"tokenizer must be a Tokenizer or a path to tokenizer.json, not {type(tokenizer).__name__}")
+        self._model_path = None
+        self._tokenizer = None
         self._dev.load_model(path, fast_head)
         self._stop_default = list(self._dev.model_config()["stop_token_ids"])
+        self._model_path = path
+        self._tokenizer_arg = tokenizer
 
     def load_weights_from_array(self, weights: Any, layer_id: int = -1, *, scale: Optional[float] = None) -> int:
         """Load one ternary matrix ``[out_features, in_features]`` into card slot ``layer_id``.
@@ -464,6 +499,157 @@ class BitNet:
         """
         self._config()
         return self._dev.logits(as_token_array(input_tokens))
+
+    # ------------------------------------------------------------------ text
+    @property
+    def tokenizer(self) -> "Tokenizer":
+        """The loaded model's :class:`~bitnet.tokenizer.Tokenizer` (built on first use).
+
+        Sources, first found wins: the ``tokenizer=`` argument of :meth:`load_weights`; the
+        model file's ``tokenizer.ggml.*`` metadata; ``tokenizer.json`` in the model file's
+        directory. Raises :class:`BitNetError` (code STATE) when there is none.
+        """
+        self._config()
+        if self._tokenizer is None:
+            self._tokenizer = self._find_tokenizer()
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: "Union[Tokenizer, str, os.PathLike[str]]") -> None:
+        from .tokenizer import Tokenizer
+
+        self._config()
+        if not isinstance(value, Tokenizer):
+            if not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"tokenizer must be a Tokenizer or a path, not {type(value).__name__}")
+            value = Tokenizer.from_file(value)
+        self._tokenizer = value
+
+    def _find_tokenizer(self) -> "Tokenizer":
+        from .tokenizer import Tokenizer
+
+        arg, path = self._tokenizer_arg, self._model_path
+        if isinstance(arg, Tokenizer):
+            return arg
+        if arg is not None:
+            return Tokenizer.from_file(arg)
+        md = _core.GGUFFile(path).metadata()
+        if md.get("tokenizer.ggml.tokens"):
+            return Tokenizer.from_metadata(md, source=path)
+        beside = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer.json")
+        if os.path.isfile(beside):
+            return Tokenizer.from_file(beside)
+        raise BitNetStateError(ErrorCode.STATE, f"no tokenizer in {os.path.basename(path)}; pass tokenizer=... "
+                               "(a tokenizer.json) to load_weights, or convert the model with its tokenizer.json")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> np.ndarray:
+        """Token ids (int32) of ``text`` with the model's tokenizer.
+
+        ``add_special_tokens=True`` adds bos as the model asks (``tokenizer.ggml.add_bos_token``).
+        Special-token strings in ``text`` (e.g. ``<|eot_id|>``) become their ids.
+        """
+        return self.tokenizer.encode(text, add_special_tokens)
+
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        """The text of token ids with the model's tokenizer."""
+        return self.tokenizer.decode(ids, skip_special_tokens)
+
+    def _prompt_ids(self, prompt: Any, add_special_tokens: bool) -> np.ndarray:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special_tokens)
+            if ids.size == 0:
+                raise BitNetValueError(ErrorCode.INVALID, "prompt encodes to no tokens (empty text and the model adds "
+                                       "no bos); pass some text")
+            return ids
+        return as_token_array(prompt, "prompt")
+
+    def stream_text(
+        self,
+        prompt: "Union[str, Sequence[int], np.ndarray]",
+        max_new_tokens: int = 256,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: Optional[int] = None,
+        stop: "Union[str, Sequence[str], None]" = None,
+        stop_token_ids: Optional[Iterable[int]] = None,
+        add_special_tokens: bool = True,
+        skip_special_tokens: bool = True,
+        poll_ms: int = 50,
+    ) -> Iterator[str]:
+        """Generate from a text prompt, yielding text pieces as the device produces tokens.
+
+        Pieces never split a multi-byte character: bytes of an incomplete UTF-8 sequence are
+        held back until the token that completes it arrives. ``prompt`` is a string (encoded
+        with bos as the model asks; ``add_special_tokens=False`` encodes it bare) or token ids
+        (used as they are, e.g. from :meth:`~bitnet.tokenizer.Tokenizer.encode_chat`).
+
+        Generation ends after ``max_new_tokens`` tokens, at a stop token (``stop_token_ids``;
+        ``None`` means the model's end-of-sequence tokens), or at the first occurrence of a
+        ``stop`` string; neither the stop token nor the stop string is part of the text (text
+        that might begin a stop string is held back until it is decided). Special tokens are
+        left out of the text unless ``skip_special_tokens=False``. Sampling parameters are
+        :meth:`inference`'s. Leaving the loop early aborts the job.
+        """
+        ids = self._prompt_ids(prompt, add_special_tokens)
+        tok = self.tokenizer
+        stops: List[str] = [stop] if isinstance(stop, str) else list(stop or [])
+        for i, s in enumerate(stops):
+            if not isinstance(s, str) or not s:
+                raise BitNetValueError(ErrorCode.INVALID, f"stop[{i}] must be a non-empty string, got {s!r}")
+        stop_ids = set(check_stop_tokens(stop_token_ids, self._stop_default))
+        self.inference_async(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                             stop_token_ids=sorted(stop_ids))
+        job = self._job
+        decoder = tok.incremental_decoder(skip_special_tokens)
+        hold = max((len(s) for s in stops), default=1) - 1
+        pending = ""
+
+        def cut(text: str) -> int:
+            hits = [text.find(s) for s in stops]
+            hits = [h for h in hits if h >= 0]
+            return min(hits) if hits else -1
+
+        try:
+            for t in _job_tokens(job, poll_ms):
+                if t in stop_ids:
+                    break          # the job ends here too: a stop token is its last token
+                pending += decoder.push(t)
+                k = cut(pending) if stops else -1
+                if k >= 0:
+                    if k:
+                        yield pending[:k]
+                    return
+                if len(pending) > hold:
+                    yield pending[:len(pending) - hold]
+                    pending = pending[len(pending) - hold:]
+            job.wait(-1)
+            job.rethrow_if_failed()
+            pending += decoder.flush()
+            k = cut(pending) if stops else -1
+            if k >= 0:
+                pending = pending[:k]
+            if pending:
+                yield pending
+        finally:
+            if not job.done:
+                job.abort()
+                job.wait(-1)
+
+    def generate_text(
+        self,
+        prompt: "Union[str, Sequence[int], np.ndarray]",
+        max_new_tokens: int = 256,
+        **kwargs: Any,
+    ) -> str:
+        """Generate from a text prompt and return the generated text (not the prompt).
+
+        Takes :meth:`stream_text`'s parameters (``temperature``, ``top_k``, ``top_p``,
+        ``seed``, ``stop``, ``stop_token_ids``, ``add_special_tokens``,
+        ``skip_special_tokens``) and returns the concatenation of its pieces.
+        """
+        return "".join(self.stream_text(prompt, max_new_tokens, **kwargs))
 
     # ------------------------------------------------------------------ registers
     @property

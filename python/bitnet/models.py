@@ -73,7 +73,7 @@ def _tokenizer_json(vocab_size: int) -> Dict[str, Any]:
             vocab[a + b] = len(vocab)
     return {"version": "1.0", "added_tokens": [], "normalizer": None,
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-            "decoder": {"type": "ByteLevel"},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "fuse_unk": False,
                       "byte_fallback": False, "vocab": vocab, "merges": merges}}
 
