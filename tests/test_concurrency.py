@@ -184,10 +184,10 @@ ref = bn.inference([1, 2], 3, stop_token_ids=[]).tolist()
 interrupted = finished = bad = 0
 for r in range(100):
     timer = threading.Timer(0.002 + 0.0003 * (r % 20), os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
     done = False
     try:
         try:
+            timer.start()
             bn.inference([1, 2, 3], max_output=400, stop_token_ids=[])
             done = True
         finally:
