@@ -1,4 +1,4 @@
-"""The ``bitnet`` command line: ``demo``, ``info``, ``convert``.
+"""The ``bitnet`` command line: ``demo``, ``generate``, ``chat``, ``info``, ``convert``, ``bench``.
 
 ``bitnet demo`` is the main job on the default (simulated) device: it makes a small model if
 none is given, streams generated tokens, and prints tokens/s and the card's counters.
@@ -81,6 +81,76 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# A plain conversation format for models whose file carries no chat template.
+_PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}")
+
+
+def _open_model(args: argparse.Namespace):
+    from .core import BitNet
+
+    bn = BitNet(args.device, n_threads=getattr(args, "threads", None))
+    try:
+        bn.load_weights(args.model, tokenizer=getattr(args, "tokenizer", None))
+    except BaseException:
+        bn.close()
+        raise
+    return bn
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    with _open_model(args) as bn:
+        if args.ids:
+            ids = bn.encode(args.prompt)
+            out = bn.inference(ids, max_output=args.n_predict, **_sampling(args))
+            print(" ".join(str(int(t)) for t in out))
+            return 0
+        for piece in bn.stream_text(args.prompt, args.n_predict, **_sampling(args)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    interactive = sys.stdin.isatty()
+    with _open_model(args) as bn:
+        tok = bn.tokenizer
+        template = None if tok.chat_template else _PLAIN_CHAT_TEMPLATE
+        if template is not None and interactive:
+            print("note: the model has no chat template; using a plain 'User: / Assistant:' format", file=sys.stderr)
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        while True:
+            if interactive:
+                sys.stdout.write("> ")
+                sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                break
+            text = line.rstrip("\n")
+            if text.strip() in ("/exit", "/quit"):
+                break
+            if not text.strip():
+                continue
+            messages.append({"role": "user", "content": text})
+            ids = tok.encode_chat(messages, chat_template=template) if template else tok.encode_chat(messages)
+            reply = []
+            stop = ["\nUser:"] if template else None
+            for piece in bn.stream_text(ids, args.n_predict, stop=stop, **_sampling(args)):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            messages.append({"role": "assistant", "content": "".join(reply).strip()})
+    return 0
+
+
 def _decode_step_cost(bn) -> Optional[dict]:
     """Card counters of one decode step (batch 1), measured on the device.
 
@@ -144,6 +214,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bitnet", description="BitNet b1.58 accelerator tools")
+    p.add_argument("--debug", action="store_true", help="show a traceback on errors (default: one line)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("demo", help="run a model on the default device, streaming tokens")
@@ -155,6 +226,28 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--temperature", type=float, default=0.0)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+
+    def text_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-m", "--model", required=True, help="GGUF model file")
+        sp.add_argument("-n", "--n-predict", type=int, default=128, help="maximum new tokens (default 128)")
+        sp.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        sp.add_argument("--top-k", type=int, default=0)
+        sp.add_argument("--top-p", type=float, default=1.0)
+        sp.add_argument("--seed", type=int, default=None)
+        sp.add_argument("-t", "--threads", type=int, default=None, help="host threads (default: all CPUs)")
+        sp.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
+        sp.add_argument("--tokenizer", default=None, help="tokenizer.json to use instead of the model's own")
+
+    g = sub.add_parser("generate", help="generate text from a prompt, streaming it")
+    text_args(g)
+    g.add_argument("-p", "--prompt", required=True)
+    g.add_argument("--ids", action="store_true", help="print the generated token ids instead of text")
+    g.set_defaults(func=_cmd_generate)
+
+    ch = sub.add_parser("chat", help="chat with a model (its chat template; one message per stdin line; /exit ends)")
+    text_args(ch)
+    ch.add_argument("--system", default=None, help="system message")
+    ch.set_defaults(func=_cmd_chat)
 
     i = sub.add_parser("info", help="load a model; print its configuration, the card's, and the predicted card tokens/s")
     i.add_argument("model")
@@ -189,7 +282,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BitNetError as e:
+        if args.debug:
+            raise
         print(f"bitnet: error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"bitnet: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
