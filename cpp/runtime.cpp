@@ -378,22 +378,13 @@ void Engine::output_head(const float* h, int64_t W, float* logits) {
         });
         return;
     }
-    // Other types: dequantize the row, then the same ordered 16-lane sum.
+    // Other types: dequantize the row, then the same ordered 16-lane sum (dot_f32, as
+    // exact_logit_rows does).
     pool_->parallel_for(V, 256, [&](int64_t v0, int64_t v1) {
         std::vector<float> erow(static_cast<size_t>(D));
         for (int64_t v = v0; v < v1; ++v) {
             out.row(v, erow.data());
-            for (int64_t w = 0; w < W; ++w) {
-                const float* hw = h + w * D;
-                float acc[16] = {0};
-                for (int64_t i = 0; i < D; ++i) {
-                    const float p = erow[i] * hw[i];
-                    acc[i % 16] = acc[i % 16] + p;
-                }
-                for (int s = 8; s >= 1; s /= 2)
-                    for (int l = 0; l < s; ++l) acc[l] = acc[l] + acc[l + s];
-                logits[w * V + v] = acc[0];
-            }
+            for (int64_t w = 0; w < W; ++w) kernels_->dot_f32(erow.data(), D, 1, h + w * D, D, logits + w * V + v);
         }
     });
 }
