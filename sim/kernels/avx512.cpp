@@ -25,36 +25,6 @@ inline __m512i expand_group(const uint8_t* p, __m512i shifts, __m512i mask3) {
     return _mm512_and_si512(_mm512_srlv_epi64(b, shifts), mask3);
 }
 
-// Direct micro-kernel: RB rows x TB activation rows, codes expanded per group.
-template <int RB, int TB>
-void tile_direct(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t* acc, int64_t ldacc) {
-    const __m512i shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
-    const __m512i mask3 = _mm512_set1_epi8(3);
-    const int64_t G = s.row_bytes / 16;
-    __m512i sum[RB][TB];
-    for (int r = 0; r < RB; ++r)
-        for (int t = 0; t < TB; ++t) sum[r][t] = _mm512_setzero_si512();
-    const uint8_t* w0 = s.packed.data() + j * s.row_bytes;
-    // The RB rows are contiguous; prefetch the rows four tiles ahead, one line per step, so the
-    // weight stream from memory keeps flowing while this tile computes.
-    const uint8_t* pf = w0 + 4 * RB * s.row_bytes;
-    const uint8_t* pf_end = s.packed.data() + s.packed.size();
-    for (int64_t g = 0; g < G; ++g) {
-        for (int r = 0; r < RB; ++r) {
-            const uint8_t* line = pf + (g * RB + r) * 16;
-            if (line < pf_end) _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
-        }
-        __m512i w[RB];
-        for (int r = 0; r < RB; ++r) w[r] = expand_group(w0 + r * s.row_bytes + g * 16, shifts, mask3);
-        for (int t = 0; t < TB; ++t) {
-            const __m512i q = _mm512_loadu_si512(a.q + (b + t) * a.ldq + g * 64);
-            for (int r = 0; r < RB; ++r) sum[r][t] = _mm512_dpbusd_epi32(sum[r][t], w[r], q);
-        }
-    }
-    for (int r = 0; r < RB; ++r)
-        for (int t = 0; t < TB; ++t) acc[(b + t) * ldacc + j + r] = _mm512_reduce_add_epi32(sum[r][t]) - a.qsum[b + t];
-}
-
 // Masked micro-kernel for GEMV and small batches. A 16-byte group broadcast to the four
 // 128-bit lanes holds, in lane L, the codes of elements 16L..16L+15 at bits 2L, 2L+1 of each
 // byte. Masking instead of shifting, byte & (3 << 2L) = c << 2L, leaves one AND (any vector
@@ -120,13 +90,6 @@ void tile_buffered(const uint8_t* codes, int64_t kpad, const ActBatch& a, int64_
 }
 
 template <int RB>
-void rows_direct(const TernarySlot& s, const ActBatch& a, int64_t j, int32_t* acc, int64_t ldacc) {
-    int64_t b = 0;
-    for (; b + 4 <= a.B; b += 4) tile_direct<RB, 4>(s, a, j, b, acc, ldacc);
-    for (; b < a.B; ++b) tile_direct<RB, 1>(s, a, j, b, acc, ldacc);
-}
-
-template <int RB>
 void rows_buffered(const uint8_t* codes, int64_t kpad, const ActBatch& a, int64_t j, int32_t* acc, int64_t ldacc) {
     int64_t b = 0;
     for (; b + 6 <= a.B; b += 6) tile_buffered<RB, 6>(codes, kpad, a, j, b, acc, ldacc);
@@ -152,13 +115,8 @@ void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t 
             for (int64_t b = 0; b < a.B; ++b) tile_masked<1, 1>(s, a, j, b, acc, ldacc);
         return;
     }
-    if (a.B < 8) {
-        int64_t j = j0;
-        for (; j + 4 <= j1; j += 4) rows_direct<4>(s, a, j, acc, ldacc);
-        for (; j < j1; ++j) rows_direct<1>(s, a, j, acc, ldacc);
-        return;
-    }
-    // Expand 4 rows at a time into a thread-local buffer, then sweep every activation row.
+    // Batches of 8 or more (and rows too long for the masked kernel): expand 4 rows at a time
+    // into a thread-local buffer, then sweep every activation row.
     // (A raw buffer: no standard-library templates are instantiated in this ISA file, so no
     // AVX-512 copy of one can be picked by the linker for code that runs elsewhere.)
     const int64_t kpad = s.row_bytes * 4;
