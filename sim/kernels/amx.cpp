@@ -90,6 +90,25 @@ struct Buffer {
     }
 };
 
+// Stores the C tiles (0, 1 for token block tb0; 2, 3 for tb0 + 1 if two) and writes each
+// accumulator out as acc = sum(c * q) - sum(q). out[c][r][n]: C tile c = (row half, token
+// block), row r, token n; rows is how many of the 32 weight rows starting at j are real.
+void write_tiles(const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j, int64_t rows, int64_t tb0, bool two,
+                 int32_t* out) {
+    _tile_stored(0, out, 64);
+    _tile_stored(1, out + 256, 64);
+    if (two) {
+        _tile_stored(2, out + 512, 64);
+        _tile_stored(3, out + 768, 64);
+    }
+    for (int c = 0; c < (two ? 4 : 2); ++c) {
+        const int64_t rbase = (c & 1) * 16, nbase = (tb0 + (c >> 1)) * 16;
+        for (int64_t r = 0; r < 16 && rbase + r < rows; ++r)
+            for (int64_t n = 0; n < 16 && nbase + n < a.B; ++n)
+                acc[(nbase + n) * ldacc + j + rbase + r] = out[c * 256 + r * 16 + n] - a.qsum[nbase + n];
+    }
+}
+
 // Small batches (up to 32 activation rows: every token block's accumulators fit in the four C
 // tiles): decode is memory-bound, so the weights are expanded a cache line at a time (4 k-steps
 // of 32 rows, 8 KiB, stays in L1) right before the tiles consume them, with the next line of
@@ -132,18 +151,7 @@ void gemm_small_batch(const TernarySlot& s, const ActBatch& a, int32_t* acc, int
                 }
             }
         }
-        _tile_stored(0, out, 64);
-        _tile_stored(1, out + 256, 64);
-        if (two) {
-            _tile_stored(2, out + 512, 64);
-            _tile_stored(3, out + 768, 64);
-        }
-        for (int c = 0; c < (two ? 4 : 2); ++c) {
-            const int64_t rbase = (c & 1) * 16, nbase = (c >> 1) * 16;
-            for (int64_t r = 0; r < 16 && rbase + r < rows; ++r)
-                for (int64_t n = 0; n < 16 && nbase + n < a.B; ++n)
-                    acc[(nbase + n) * ldacc + j + rbase + r] = out[c * 256 + r * 16 + n] - a.qsum[nbase + n];
-        }
+        write_tiles(a, acc, ldacc, j, rows, 0, two, out);
     }
 }
 
@@ -197,19 +205,7 @@ void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t lda
                     _tile_dpbusd(3, 5, 7);
                 }
             }
-            _tile_stored(0, out, 64);
-            _tile_stored(1, out + 256, 64);
-            if (two) {
-                _tile_stored(2, out + 512, 64);
-                _tile_stored(3, out + 768, 64);
-            }
-            // out[c][r][n]: C tile c = (row half, token block), row r, token n.
-            for (int c = 0; c < (two ? 4 : 2); ++c) {
-                const int64_t rbase = (c & 1) * 16, nbase = (tb + (c >> 1)) * 16;
-                for (int64_t r = 0; r < 16 && rbase + r < rows; ++r)
-                    for (int64_t n = 0; n < 16 && nbase + n < a.B; ++n)
-                        acc[(nbase + n) * ldacc + j + rbase + r] = out[c * 256 + r * 16 + n] - a.qsum[nbase + n];
-            }
+            write_tiles(a, acc, ldacc, j, rows, tb, two, out);
         }
     }
     _tile_release();
