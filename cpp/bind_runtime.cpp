@@ -356,12 +356,16 @@ void bind_runtime(py::module_& m) {
           [](const std::string& name, const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& rows,
              const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& x) {
               const sim::KernelTable& k = sim::kernels_by_name(name);
-              if (rows.ndim() != 2 || x.ndim() != 1 || rows.shape(1) != x.shape(0))
-                  throw Error(ErrorCode::INVALID, "rows must be [R, n] and x [n]");
+              // x is one vector [n] (result [R]) or a batch [W, n] (result [W, R]).
+              if (rows.ndim() != 2 || (x.ndim() != 1 && x.ndim() != 2) || rows.shape(1) != x.shape(x.ndim() - 1))
+                  throw Error(ErrorCode::INVALID, "rows must be [R, n] and x [n] or [W, n]");
               for (py::ssize_t i = 0; i < rows.size(); ++i)
                   if (rows.data()[i] == -128) throw Error(ErrorCode::INVALID, "rows must be in [-127, 127]");
-              py::array_t<int32_t> out(rows.shape(0));
-              k.dot_i8(rows.data(), rows.shape(1), rows.shape(0), x.data(), x.shape(0), out.mutable_data());
+              for (py::ssize_t i = 0; i < x.size(); ++i)
+                  if (x.data()[i] == -128) throw Error(ErrorCode::INVALID, "x must be in [-127, 127]");
+              const py::ssize_t R = rows.shape(0), n = rows.shape(1), W = x.ndim() == 2 ? x.shape(0) : 1;
+              py::array_t<int32_t> out = x.ndim() == 2 ? py::array_t<int32_t>({W, R}) : py::array_t<int32_t>(R);
+              k.dot_i8(rows.data(), n, R, x.data(), n, W, n, out.mutable_data(), R);
               return out;
           },
           py::arg("kernel"), py::arg("rows"), py::arg("x"));

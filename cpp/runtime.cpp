@@ -9,13 +9,22 @@
 
 namespace bitnet {
 
+namespace {
+// Round half to even, as std::nearbyint under the default rounding mode (and torch.round):
+// for |v| < 2^22, adding and subtracting 1.5 * 2^23 leaves v rounded to an integer by the fp32
+// addition itself. Inline and vectorisable, where nearbyintf is a library call per element.
+inline float round_half_even(float v) {
+    constexpr float kMagic = 12582912.0f;   // 1.5 * 2^23
+    return std::fabs(v) < 4194304.0f ? (v + kMagic) - kMagic : v;
+}
+}  // namespace
+
 float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
     float amax = 0.0f;
     for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
     const float s = 127.0f / std::max(amax, 1e-5f);
     for (int64_t i = 0; i < n; ++i) {
-        // nearbyint rounds half to even under the default rounding mode, like torch.round.
-        const float r = std::nearbyint(x[i] * s);
+        const float r = round_half_even(x[i] * s);
         q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-128.0f, r)));
     }
     return s;
@@ -152,7 +161,8 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
 
     // Normalise [R, n] rows of `in` with weight w (or copy if w is empty), then quantise.
     auto norm_quant = [&](const float* in, const std::vector<float>* w, int64_t n) {
-        pool_->parallel_for(R, 8, [&](int64_t r0, int64_t r1) {
+        // One row per task: a decode batch's rows are normalised in parallel.
+        pool_->parallel_for(R, 1, [&](int64_t r0, int64_t r1) {
             for (int64_t r = r0; r < r1; ++r) {
                 float* dst = xn.data() + r * n;
                 if (w) rmsnorm(in + r * n, w->data(), n, c.rms_eps, dst);
@@ -244,18 +254,24 @@ void Engine::exact_logit_rows(const float* h, const int64_t* ids, int64_t n, flo
     }
 }
 
+namespace {
+// Relative rounding slack of an fp32 dot of length D summed in 16 lanes (depth D/16 + 4),
+// doubled for safety; u = 2^-24.
+double fp32_dot_slack(int64_t D) { return 2.0 * (static_cast<double>(D) / 16.0 + 8.0) * std::ldexp(1.0, -24); }
+}  // namespace
+
 void Engine::enable_fast_head() {
     if (fast_head()) return;
     const HostMatrix& head = model_.output();
     const int64_t V = head.rows, D = head.cols;
+    const double gamma = fp32_dot_slack(D);
     CompactHead ch;
     ch.rows = V;
     ch.cols = D;
     ch.q.resize(static_cast<size_t>(V * D));
     ch.scale.resize(static_cast<size_t>(V));
-    ch.err.resize(static_cast<size_t>(V));
-    ch.qnorm.resize(static_cast<size_t>(V));
-    ch.enorm.resize(static_cast<size_t>(V));
+    ch.c_h.resize(static_cast<size_t>(V));
+    ch.c_d.resize(static_cast<size_t>(V));
     pool_->parallel_for(V, 256, [&](int64_t v0, int64_t v1) {
         std::vector<float> e(static_cast<size_t>(D));
         for (int64_t v = v0; v < v1; ++v) {
@@ -274,9 +290,8 @@ void Engine::enable_fast_head() {
                 en += static_cast<double>(e[i]) * e[i];
             }
             ch.scale[v] = s;
-            ch.err[v] = std::sqrt(err);
-            ch.qnorm[v] = std::sqrt(qn);
-            ch.enorm[v] = std::sqrt(en);
+            ch.c_h[v] = std::sqrt(err) + gamma * std::sqrt(en);
+            ch.c_d[v] = static_cast<double>(s) * std::sqrt(qn);
         }
     });
     compact_ = std::move(ch);
@@ -289,16 +304,13 @@ void Engine::forward_argmax(const std::vector<ForwardRow>& rows, std::vector<int
     const int64_t V = compact_.rows, D = compact_.cols;
     const int64_t W = static_cast<int64_t>(hidden.size()) / D;
     tokens.assign(static_cast<size_t>(W), 0);
-    // Relative rounding slack of an fp32 dot of length D summed in 16 lanes (depth D/16 + 4),
-    // doubled for safety; u = 2^-24.
-    const double gamma = 2.0 * (static_cast<double>(D) / 16.0 + 8.0) * std::ldexp(1.0, -24);
     // Rows of a batch go through the int8 copy together, up to kGroup at a time: each block of
     // kBlock compact rows is read from memory once and scored against every row of the group
-    // while it sits in L2.
+    // in one dot_i8 call.
     constexpr int64_t kGroup = 8, kBlock = 64;
     std::vector<int8_t> h8(static_cast<size_t>(kGroup * D));
-    std::vector<float> sh(kGroup), hi(static_cast<size_t>(kGroup * V));
-    std::vector<double> hnorm(kGroup), dnorm(kGroup), best_lo(kGroup);
+    std::vector<float> hi(static_cast<size_t>(kGroup * V));
+    std::vector<double> inv_sh(kGroup), hnorm(kGroup), dnorm(kGroup), best_lo(kGroup);
     std::mutex best_mutex;
     for (int64_t w0 = 0; w0 < W; w0 += kGroup) {
         const int64_t nw = std::min(kGroup, W - w0);
@@ -307,16 +319,17 @@ void Engine::forward_argmax(const std::vector<ForwardRow>& rows, std::vector<int
             // h ~= h8 / s_h, with the residual's norm.
             float amax = 0.0f;
             for (int64_t i = 0; i < D; ++i) amax = std::max(amax, std::fabs(h[i]));
-            sh[w] = 127.0f / std::max(amax, 1e-30f);
+            const float sh = 127.0f / std::max(amax, 1e-30f);
             double hn = 0, dn = 0;
             for (int64_t i = 0; i < D; ++i) {
-                const float r = std::nearbyint(h[i] * sh[w]);
+                const float r = std::nearbyint(h[i] * sh);
                 const int8_t c = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, r)));
                 h8[static_cast<size_t>(w * D + i)] = c;
-                const double d = static_cast<double>(h[i]) - static_cast<double>(c) / sh[w];
+                const double d = static_cast<double>(h[i]) - static_cast<double>(c) / sh;
                 hn += static_cast<double>(h[i]) * h[i];
                 dn += d * d;
             }
+            inv_sh[w] = 1.0 / static_cast<double>(sh);
             hnorm[w] = std::sqrt(hn);
             dnorm[w] = std::sqrt(dn);
             best_lo[w] = -std::numeric_limits<double>::infinity();
@@ -327,22 +340,29 @@ void Engine::forward_argmax(const std::vector<ForwardRow>& rows, std::vector<int
         //   |s_v q_v.(h - h8/s_h)|       <= s_v |q_v| * |h - h8/s_h|
         //   fp32 rounding of z_v         <= gamma |E_v| |h|
         //   rounding of a_v (in double)  negligible; covered by the factor below.
-        // hi is kept as a float rounded up, which can only add candidates.
+        // hi_v = a_v + bound_v is stored as a float rounded up (can only add candidates):
+        // float(u + |u| 2^-22 + 1e-37) >= u for every double u in float range.
         pool_->parallel_for(V, kBlock, [&](int64_t v0, int64_t v1) {
-            int32_t idot[kBlock];
+            int32_t idot[kGroup * kBlock];
+            const int64_t nv = v1 - v0;
+            kernels_->dot_i8(compact_.q.data() + v0 * D, D, nv, h8.data(), D, nw, D, idot, kBlock);
+            const float* scale = compact_.scale.data() + v0;
+            const double* c_h = compact_.c_h.data() + v0;
+            const double* c_d = compact_.c_d.data() + v0;
             double local_best[kGroup];
             for (int64_t w = 0; w < nw; ++w) {
-                kernels_->dot_i8(compact_.q.data() + v0 * D, D, v1 - v0, h8.data() + w * D, D, idot);
-                local_best[w] = -std::numeric_limits<double>::infinity();
-                for (int64_t v = v0; v < v1; ++v) {
-                    const double a = static_cast<double>(compact_.scale[v]) / sh[w] * idot[v - v0];
-                    const double b = (compact_.err[v] * hnorm[w] + compact_.scale[v] * compact_.qnorm[v] * dnorm[w] +
-                                      gamma * compact_.enorm[v] * hnorm[w]) * (1.0 + 1e-6) + 1e-30;
-                    local_best[w] = std::max(local_best[w], a - b);
-                    const float up = static_cast<float>(a + b);
-                    hi[static_cast<size_t>(w * V + v)] =
-                        static_cast<double>(up) < a + b ? std::nextafter(up, std::numeric_limits<float>::infinity()) : up;
+                const double inv = inv_sh[w], hn = hnorm[w], dn = dnorm[w];
+                const int32_t* id = idot + w * kBlock;
+                float* hw = hi.data() + w * V + v0;
+                double lb = -std::numeric_limits<double>::infinity();
+                for (int64_t i = 0; i < nv; ++i) {
+                    const double a = static_cast<double>(scale[i]) * inv * id[i];
+                    const double b = (c_h[i] * hn + c_d[i] * dn) * (1.0 + 1e-6) + 1e-30;
+                    lb = std::max(lb, a - b);
+                    const double u = a + b;
+                    hw[i] = static_cast<float>(u + std::fabs(u) * 0x1p-22 + 1e-37);
                 }
+                local_best[w] = lb;
             }
             std::lock_guard<std::mutex> lock(best_mutex);
             for (int64_t w = 0; w < nw; ++w) best_lo[w] = std::max(best_lo[w], local_best[w]);

@@ -65,9 +65,10 @@ struct CompactHead {
     int64_t rows = 0, cols = 0;
     std::vector<int8_t> q;         // [rows, cols], |q| <= 127
     std::vector<float> scale;      // s_v: E_v ~= s_v * q_v
-    std::vector<double> err;       // ||E_v - s_v q_v||_2
-    std::vector<double> qnorm;     // ||q_v||_2
-    std::vector<double> enorm;     // ||E_v||_2
+    // The two per-row factors of the error bound (forward_argmax):
+    //     bound_v = c_h[v] * |h| + c_d[v] * |h - h8 / s_h|
+    std::vector<double> c_h;       // ||E_v - s_v q_v||_2 + gamma ||E_v||_2
+    std::vector<double> c_d;       // s_v ||q_v||_2
 };
 
 struct HeadStats {

@@ -114,6 +114,21 @@ def test_dot_i8_exact(kernel, n):
     assert np.array_equal(got, rows.astype(np.int64) @ x.astype(np.int64))
 
 
+@pytest.mark.parametrize("kernel", ["ref"] + KERNELS)
+@pytest.mark.parametrize("w", [1, 2, 3, 4, 5, 8, 9, 12, 17])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 2560])
+def test_dot_i8_batch_exact(kernel, w, n):
+    # Several int8 hidden states against the same rows (the fast head's batched scoring pass).
+    rng = np.random.default_rng(1000 * w + n)
+    rows = rng.integers(-127, 128, size=(7, n)).astype(np.int8)
+    rows[0] = 127
+    x = rng.integers(-127, 128, size=(w, n)).astype(np.int8)
+    x[0] = -127
+    got = _core._kernel_dot_i8(kernel, rows, x)
+    assert got.shape == (w, 7)
+    assert np.array_equal(got, x.astype(np.int64) @ rows.astype(np.int64).T)
+
+
 def test_unknown_kernel_rejected():
     with pytest.raises(ValueError, match="kernel 'nope'"):
         _core._kernel_gemm("nope", np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), 0, 1)

@@ -136,21 +136,36 @@ void avx2_dot_f32(const float* rows_, int64_t ld, int64_t n_rows, const float* x
 
 // |rows| x sign(x, rows) with VPMADDUBSW: both magnitudes <= 127, so a pair sum is at most
 // 2 * 127 * 127 < 32767 and never saturates.
-void avx2_dot_i8(const int8_t* rows_, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out) {
+// One row against XB vectors: |row| is computed once per 32 bytes and shared.
+template <int XB>
+void dot_i8_row(const int8_t* e, const int8_t* x, int64_t ldx, int64_t n, int32_t* out, int64_t ldo) {
     const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[XB];
+    for (int w = 0; w < XB; ++w) acc[w] = _mm256_setzero_si256();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256i ev = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + i));
+        const __m256i ea = _mm256_abs_epi8(ev);
+        for (int w = 0; w < XB; ++w) {
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + w * ldx + i));
+            const __m256i p = _mm256_maddubs_epi16(ea, _mm256_sign_epi8(xv, ev));
+            acc[w] = _mm256_add_epi32(acc[w], _mm256_madd_epi16(p, ones));
+        }
+    }
+    for (int w = 0; w < XB; ++w) {
+        int32_t sum = hsum_epi32(acc[w]);
+        for (int64_t t = i; t < n; ++t) sum += static_cast<int32_t>(e[t]) * x[w * ldx + t];
+        out[w * ldo] = sum;
+    }
+}
+
+void avx2_dot_i8(const int8_t* rows_, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t nx, int64_t n,
+                 int32_t* out, int64_t ldo) {
     for (int64_t r = 0; r < n_rows; ++r) {
         const int8_t* e = rows_ + r * ld;
-        __m256i acc = _mm256_setzero_si256();
-        int64_t i = 0;
-        for (; i + 32 <= n; i += 32) {
-            const __m256i ev = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + i));
-            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
-            const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(ev), _mm256_sign_epi8(xv, ev));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
-        }
-        int32_t sum = hsum_epi32(acc);
-        for (; i < n; ++i) sum += static_cast<int32_t>(e[i]) * x[i];
-        out[r] = sum;
+        int64_t w = 0;
+        for (; w + 4 <= nx; w += 4) dot_i8_row<4>(e, x + w * ldx, ldx, n, out + w * ldo + r, ldo);
+        for (; w < nx; ++w) dot_i8_row<1>(e, x + w * ldx, ldx, n, out + w * ldo + r, ldo);
     }
 }
 

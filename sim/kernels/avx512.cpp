@@ -244,25 +244,59 @@ void avx512_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* 
 
 // rows (signed, |v| <= 127) x x (signed): VPDPBUSD needs an unsigned operand, so rows are
 // biased by +128 and 128 * sum(x) is subtracted.
-void avx512_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out) {
+// RB rows against XB vectors: each biased row chunk is loaded once and used XB times.
+template <int RB, int XB>
+void dot_i8_tile(const int8_t* e, int64_t ld, const int8_t* x, int64_t ldx, int64_t n, const int32_t* xsum128,
+                 int32_t* out, int64_t ldo) {
     const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-    int32_t xsum = 0;
-    for (int64_t i = 0; i < n; ++i) xsum += x[i];
-    for (int64_t r = 0; r < n_rows; ++r) {
-        const int8_t* e = rows + r * ld;
-        __m512i acc = _mm512_setzero_si512();
-        int64_t i = 0;
-        for (; i + 64 <= n; i += 64) {
-            const __m512i ev = _mm512_xor_si512(_mm512_loadu_si512(e + i), bias);   // e + 128 as u8
-            acc = _mm512_dpbusd_epi32(acc, ev, _mm512_loadu_si512(x + i));
+    __m512i acc[RB][XB];
+    for (int r = 0; r < RB; ++r)
+        for (int w = 0; w < XB; ++w) acc[r][w] = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512i ev[RB];
+        for (int r = 0; r < RB; ++r) ev[r] = _mm512_xor_si512(_mm512_loadu_si512(e + r * ld + i), bias);   // e + 128 as u8
+        for (int w = 0; w < XB; ++w) {
+            const __m512i xv = _mm512_loadu_si512(x + w * ldx + i);
+            for (int r = 0; r < RB; ++r) acc[r][w] = _mm512_dpbusd_epi32(acc[r][w], ev[r], xv);
         }
-        if (i < n) {
-            const __mmask64 m = (n - i) >= 64 ? ~__mmask64(0) : ((__mmask64(1) << (n - i)) - 1);
-            const __m512i ev = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, e + i), bias);
-            acc = _mm512_dpbusd_epi32(acc, ev, _mm512_maskz_loadu_epi8(m, x + i));
-        }
-        out[r] = _mm512_reduce_add_epi32(acc) - 128 * xsum;
     }
+    if (i < n) {
+        const __mmask64 m = (__mmask64(1) << (n - i)) - 1;   // n - i < 64 here
+        __m512i ev[RB];
+        for (int r = 0; r < RB; ++r) ev[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, e + r * ld + i), bias);
+        for (int w = 0; w < XB; ++w) {
+            const __m512i xv = _mm512_maskz_loadu_epi8(m, x + w * ldx + i);
+            for (int r = 0; r < RB; ++r) acc[r][w] = _mm512_dpbusd_epi32(acc[r][w], ev[r], xv);
+        }
+    }
+    for (int w = 0; w < XB; ++w)
+        for (int r = 0; r < RB; ++r) out[w * ldo + r] = _mm512_reduce_add_epi32(acc[r][w]) - xsum128[w];
+}
+
+// All rows against XB vectors starting at x, RB rows at a time.
+template <int RB, int XB>
+void dot_i8_pass(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t n, int32_t* out,
+                 int64_t ldo) {
+    int32_t xsum128[XB];
+    for (int w = 0; w < XB; ++w) {
+        int32_t s = 0;
+        for (int64_t i = 0; i < n; ++i) s += x[w * ldx + i];
+        xsum128[w] = 128 * s;
+    }
+    int64_t r = 0;
+    for (; r + RB <= n_rows; r += RB) dot_i8_tile<RB, XB>(rows + r * ld, ld, x, ldx, n, xsum128, out + r, ldo);
+    for (; r < n_rows; ++r) dot_i8_tile<1, XB>(rows + r * ld, ld, x, ldx, n, xsum128, out + r, ldo);
+}
+
+// Rows are biased by +128 to make VPDPBUSD's unsigned operand, so 128 * sum(x) is subtracted.
+// Vectors go 8 at a time (2 rows x 8 vectors = 16 accumulators), then 4, then 1.
+void avx512_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t nx, int64_t n,
+                   int32_t* out, int64_t ldo) {
+    int64_t w = 0;
+    for (; w + 8 <= nx; w += 8) dot_i8_pass<2, 8>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
+    for (; w + 4 <= nx; w += 4) dot_i8_pass<2, 4>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
+    for (; w < nx; ++w) dot_i8_pass<4, 1>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
 }
 
 uint64_t avx512_read_sum(const uint8_t* p, int64_t n) {

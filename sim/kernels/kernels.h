@@ -75,10 +75,12 @@ struct KernelTable {
                     int64_t n, float* out, int64_t ldo);
     // fp32 dot products in the same fixed order (attention scores): out[r] = rows[r*ld..] . x
     void (*dot_f32)(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
-    // Exact int8 dot products (the fast output head's scoring pass), rows and x both in
-    // [-127, 127] (-128 is excluded: the AVX2 kernel's sign trick cannot negate it):
-    // out[r] = sum_i rows[r * ld + i] * x[i].
-    void (*dot_i8)(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out);
+    // Exact int8 dot products (the fast output head's scoring pass) of rows with nx vectors
+    // (a decode batch shares each row read), rows and x both in [-127, 127] (-128 is excluded:
+    // the AVX2 kernel's sign trick cannot negate it):
+    //     out[w * ldo + r] = sum_i rows[r * ld + i] * x[w * ldx + i]
+    void (*dot_i8)(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t nx,
+                   int64_t n, int32_t* out, int64_t ldo);
     // Optional: re-arrange a command's activations once before gemm runs on many row blocks
     // (e.g. the AMX tile layout). prepared_size(act) is the bytes needed (0: not needed for
     // this batch); prepare_act fills a buffer of that size (64-byte aligned), which the caller

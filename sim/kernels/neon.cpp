@@ -116,19 +116,23 @@ void neon_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x,
     }
 }
 
-void neon_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out) {
+void neon_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* xs, int64_t ldx, int64_t nx, int64_t n,
+                 int32_t* out, int64_t ldo) {
     for (int64_t r = 0; r < n_rows; ++r) {
         const int8_t* e = rows + r * ld;
-        int32x4_t acc = vdupq_n_s32(0);
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-            const int8x16_t a = vld1q_s8(e + i), b = vld1q_s8(x + i);
-            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
-            acc = vpadalq_s16(acc, vmull_high_s8(a, b));
+        for (int64_t w = 0; w < nx; ++w) {   // the row stays in L1 across the vectors
+            const int8_t* x = xs + w * ldx;
+            int32x4_t acc = vdupq_n_s32(0);
+            int64_t i = 0;
+            for (; i + 16 <= n; i += 16) {
+                const int8x16_t a = vld1q_s8(e + i), b = vld1q_s8(x + i);
+                acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+                acc = vpadalq_s16(acc, vmull_high_s8(a, b));
+            }
+            int32_t sum = vaddvq_s32(acc);
+            for (; i < n; ++i) sum += static_cast<int32_t>(e[i]) * x[i];
+            out[w * ldo + r] = sum;
         }
-        int32_t sum = vaddvq_s32(acc);
-        for (; i < n; ++i) sum += static_cast<int32_t>(e[i]) * x[i];
-        out[r] = sum;
     }
 }
 

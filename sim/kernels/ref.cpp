@@ -113,12 +113,14 @@ void ref_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x, 
     }
 }
 
-void ref_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t n, int32_t* out) {
-    for (int64_t r = 0; r < n_rows; ++r) {
-        int32_t sum = 0;
-        for (int64_t i = 0; i < n; ++i) sum += static_cast<int32_t>(rows[r * ld + i]) * x[i];
-        out[r] = sum;
-    }
+void ref_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t nx, int64_t n,
+                int32_t* out, int64_t ldo) {
+    for (int64_t w = 0; w < nx; ++w)
+        for (int64_t r = 0; r < n_rows; ++r) {
+            int32_t sum = 0;
+            for (int64_t i = 0; i < n; ++i) sum += static_cast<int32_t>(rows[r * ld + i]) * x[w * ldx + i];
+            out[w * ldo + r] = sum;
+        }
 }
 
 uint64_t ref_read_sum(const uint8_t* p, int64_t n) {

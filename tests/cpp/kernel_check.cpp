@@ -103,13 +103,18 @@ void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n
     k.dot_f32(rows.data(), n, R, x.data(), n, g32.data());
     expect(same_bits(r32, g32), std::string(k.name) + " dot_f32 n=" + std::to_string(n));
     std::uniform_int_distribution<int> e8(-127, 127);   // dot_i8's contract: both operands in [-127, 127]
-    std::vector<int8_t> ri(static_cast<size_t>(R * n)), xi(static_cast<size_t>(n));
+    std::vector<int8_t> ri(static_cast<size_t>(R * n)), xi(static_cast<size_t>(nx * n));
     for (auto& v : ri) v = static_cast<int8_t>(e8(rng));
     for (auto& v : xi) v = static_cast<int8_t>(e8(rng));
-    std::vector<int32_t> ri32(static_cast<size_t>(R)), gi32(static_cast<size_t>(R));
-    ref_kernels().dot_i8(ri.data(), n, R, xi.data(), n, ri32.data());
-    k.dot_i8(ri.data(), n, R, xi.data(), n, gi32.data());
-    expect(ri32 == gi32, std::string(k.name) + " dot_i8 n=" + std::to_string(n));
+    if (n >= 2) {   // extremes: a row of 127s against a vector of -127s (the largest magnitudes)
+        std::fill(ri.begin(), ri.begin() + n, static_cast<int8_t>(127));
+        std::fill(xi.begin(), xi.begin() + n, static_cast<int8_t>(-127));
+    }
+    std::vector<int32_t> ri32(static_cast<size_t>(nx * R)), gi32(ri32.size());
+    ref_kernels().dot_i8(ri.data(), n, R, xi.data(), n, nx, n, ri32.data(), R);
+    k.dot_i8(ri.data(), n, R, xi.data(), n, nx, n, gi32.data(), R);
+    expect(ri32 == gi32, std::string(k.name) + " dot_i8 R=" + std::to_string(R) + " n=" + std::to_string(n) +
+                             " nx=" + std::to_string(nx));
 }
 
 }  // namespace
@@ -205,7 +210,7 @@ int main(int argc, char** argv) {
         // Very long rows take the kernels' fallback paths (e.g. AVX-512's masked GEMV is bounded).
         for (int64_t B : {1, 3, 9}) check_gemm(k, rng, 3, 16385 * 64 + 5, B, 1);
         for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 2560, 2561})
-            for (int64_t nx : {1, 2, 3, 5, 8, 9}) check_dots(k, rng, 9, n, nx);
+            for (int64_t nx : {1, 2, 3, 4, 5, 8, 9, 12, 17}) check_dots(k, rng, 9, n, nx);
         {   // read_sum: the same checksum as the reference, for any length that is a multiple of 64
             std::vector<uint8_t> raw(64 * 1000 + 64);
             uint8_t* p = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;
