@@ -713,6 +713,8 @@ def convert_hf_to_gguf(
     out_path: os.PathLike | str,
     type: str = "tq2_0",
     embed_type: str = "f16",
+    *,
+    progress: bool = False,
 ) -> Path:
     """Convert a Hugging Face BitNet checkpoint directory to a GGUF file.
 
@@ -727,6 +729,8 @@ def convert_hf_to_gguf(
         Encoding of the ternary projections (see the module docstring for each layout).
     embed_type : {"f16", "f32", "bf16", "q8_0"}
         Encoding of ``token_embd.weight``.
+    progress : bool
+        Show tqdm progress bars on stderr (layers encoded, then bytes written).
 
     Returns
     -------
@@ -766,13 +770,13 @@ def convert_hf_to_gguf(
     tmp_path = out_path.with_name(out_path.name + ".tmp")
     writer = gguf.GGUFWriter(str(tmp_path), arch)
     try:
-        sources = _write_model(gguf, writer, ck, spec, type, embed_type, arch)
+        sources = _write_model(gguf, writer, ck, spec, type, embed_type, arch, progress)
         writer.add_string(KEY_HF_CONFIG, cfg_text)
         writer.add_string(KEY_WEIGHT_SOURCE, ",".join(sorted(sources)))
         _add_tokenizer(writer, hf_dir, spec)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_tensors_to_file(progress=progress)
         writer.close()
         os.replace(tmp_path, out_path)
     except BaseException:
@@ -789,7 +793,8 @@ def convert_hf_to_gguf(
     return out_path
 
 
-def _write_model(gguf, writer, ck: _Checkpoint, spec: _Spec, type: str, embed_type: str, arch: str) -> set:
+def _write_model(gguf, writer, ck: _Checkpoint, spec: _Spec, type: str, embed_type: str, arch: str,
+                 progress: bool = False) -> set:
     Q = gguf.GGMLQuantizationType
     writer.add_name(ck.dir.resolve().name)
     writer.add_file_type(_FILE_TYPE[type])
@@ -869,7 +874,12 @@ def _write_model(gguf, writer, ck: _Checkpoint, spec: _Spec, type: str, embed_ty
     norm_sizes = {"input_layernorm": spec.hidden, "self_attn.attn_sub_norm": q_out,
                   "post_attention_layernorm": spec.hidden, "mlp.ffn_sub_norm": spec.ffn}
     sources = set()
-    for i in range(spec.layers):
+    layers: Any = range(spec.layers)
+    if progress:
+        from tqdm import tqdm
+
+        layers = tqdm(layers, desc=f"converting {ck.dir.name}", unit="layer", file=sys.stderr, leave=False)
+    for i in layers:
         pre = f"model.layers.{i}."
         for hf, gg in _NORMS:
             aliases = tuple(pre + a + ".weight" for a in _NORM_ALIASES.get(hf, ()))
