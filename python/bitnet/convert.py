@@ -935,14 +935,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "i2_s (bitnet.cpp 'bitnet-b1.58' dialect); default tq2_0")
     parser.add_argument("--embed-type", choices=EMBED_TYPES, default="f16",
                         help="token embedding encoding; default f16")
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
+                   help="show progress bars on stderr even when it is not a terminal")
+    g.add_argument("-q", "--quiet", dest="progress", action="store_const", const=False,
+                   help="never show progress bars (default: shown only when stderr is a terminal)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a conversion from parsed arguments; returns a process exit code."""
+    from . import _progress
+
     out = args.outfile if args.outfile is not None else Path(args.hf_dir) / f"ggml-model-{args.type}.gguf"
     try:
-        path = convert_hf_to_gguf(args.hf_dir, out, type=args.type, embed_type=args.embed_type)
+        path = convert_hf_to_gguf(args.hf_dir, out, type=args.type, embed_type=args.embed_type,
+                                  progress=_progress.enabled(getattr(args, "progress", None)))
     except BitNetError as exc:
         print(f"bitnet convert: error: {exc}", file=sys.stderr)
         return 2

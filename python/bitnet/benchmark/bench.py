@@ -76,14 +76,16 @@ def _time_reps(fn: Callable[[], int], reps: int) -> List[float]:
 
 def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, batch: Union[int, Sequence[int]] = 1,
                  fast_head: bool = False, device: Optional[str] = "sim",
-                 decode: Optional[List["DecodeInfo"]] = None) -> List[BenchResult]:
+                 decode: Optional[List["DecodeInfo"]] = None, progress: bool = False) -> List[BenchResult]:
     """``pp{n_prompt}`` and ``tg{n_gen}`` tokens/s on ``device``, ``reps`` repetitions each.
 
     ``n_prompt`` or ``n_gen`` of 0 skips that test; ``batch`` rows (one size or several) decode
     together in tg (the figure counts the tokens of every row). ``device=None`` is the default
     device. If ``decode`` is a list, a :class:`DecodeInfo` (bytes read per decode step, step
-    time, peak RSS) is appended to it for every tg test.
+    time, peak RSS) is appended to it for every tg test. ``progress=True`` shows a spinner on
+    stderr while the model loads.
     """
+    from .._progress import loading
     from ..core import BitNet
     from .suite import _head_bytes, peak_rss_bytes, reset_peak_rss
 
@@ -91,7 +93,8 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
     rng = np.random.default_rng(0)
     results = []
     with BitNet(device, n_threads=threads) as bn:
-        bn.load_weights(model, fast_head=fast_head)
+        with loading(model, progress):
+            bn.load_weights(model, fast_head=fast_head)
         vocab = bn.model_info.vocab_size
         kernel = bn.card_info()["kernel"]
         tag = f"kernel {kernel}" + (", fast head" if fast_head else "")
@@ -249,6 +252,7 @@ def main(args: argparse.Namespace) -> int:
     head = args.head or ("fast" if args.fast_head else "exact")
     heads = [False, True] if head == "both" else [head == "fast"]
     from .. import _core
+    from .._progress import enabled
 
     print(f"CPU: {platform.processor() or platform.machine()}; features: {cpu_features()}; "
           f"kernels available: {', '.join(_core.available_kernels())}; threads: {','.join(map(str, threads_list))}")
@@ -258,7 +262,8 @@ def main(args: argparse.Namespace) -> int:
     for threads in threads_list:
         for fast in heads:
             results += bench_bitnet(args.model, args.n_prompt, args.n_gen, threads, args.reps, batches, fast,
-                                    device=getattr(args, "device", None), decode=decode)
+                                    device=getattr(args, "device", None), decode=decode,
+                                    progress=enabled(getattr(args, "progress", False)))
         if args.vs == "llama.cpp":
             results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps)
         if args.bandwidth:
