@@ -6,13 +6,24 @@ none is given, streams generated tokens, and prints tokens/s and the card's coun
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
 from typing import List, Optional
 
+from . import _progress
+
 __all__ = ["main"]
+
+# One scheme for every command (main() maps exceptions to these codes).
+EXIT_STATUS = """\
+exit status:
+  0    success
+  1    bad arguments (usage error), or an OS error (e.g. a file that cannot be written)
+  2    BitNetError: device, model file or conversion error (bad/corrupt GGUF, missing file)
+  130  interrupted (Ctrl-C)"""
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -32,7 +43,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         with BitNet(args.device) as bn:
             t0 = time.perf_counter()
-            bn.load_weights(model)
+            with _progress.loading(model, _progress.enabled(args.progress)):
+                bn.load_weights(model)
             load_s = time.perf_counter() - t0
             cfg = bn.model_config()
             card = bn.card_info()
@@ -92,7 +104,8 @@ def _open_model(args: argparse.Namespace):
 
     bn = BitNet(args.device, n_threads=getattr(args, "threads", None))
     try:
-        bn.load_weights(args.model, tokenizer=getattr(args, "tokenizer", None))
+        with _progress.loading(args.model, _progress.enabled(args.progress)):
+            bn.load_weights(args.model, tokenizer=getattr(args, "tokenizer", None))
     except BaseException:
         bn.close()
         raise
@@ -168,21 +181,41 @@ def _decode_step_cost(bn) -> Optional[dict]:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from ._gguf_info import describe_gguf, format_description
+
+    desc = describe_gguf(args.model)
+    if not args.json:
+        print(format_description(desc))
+    if args.no_load:
+        if args.json:
+            json.dump(desc, sys.stdout, indent=1, default=str)
+            sys.stdout.write("\n")
+        return 0
     from .core import BitNet
 
     custom = {k: getattr(args, k) for k in ("clock_mhz", "lanes", "ddr_gbps") if getattr(args, k) is not None}
     with BitNet(args.device, profile=args.profile, **custom) as bn:
-        bn.load_weights(args.model)
+        with _progress.loading(args.model, _progress.enabled(args.progress)):
+            bn.load_weights(args.model)
         cfg = bn.model_config()
+        card = bn.card_info()
+        cost = _decode_step_cost(bn)
+        if args.json:
+            desc["model_config"] = cfg
+            desc["card_info"] = card
+            desc["decode_step"] = cost
+            json.dump(desc, sys.stdout, indent=1, default=str)
+            sys.stdout.write("\n")
+            return 0
+        print()
+        print(f"loaded on device {bn.device!r}:")
         for k in sorted(cfg):
             if k != "notes":
                 print(f"{k:20s} {cfg[k]}")
         for note in cfg["notes"]:
             print(f"note: {note}")
-        card = bn.card_info()
         for k in sorted(card):
             print(f"card.{k:15s} {card[k]}")
-        cost = _decode_step_cost(bn)
         if cost is not None and cost["total_cycles"] > 0:
             modeled = card["counters"] == "cycle model"
             tps = card["clock_mhz"] * 1e6 / cost["total_cycles"]
@@ -201,7 +234,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from . import convert
 
-    out = convert.convert_hf_to_gguf(args.hf_dir, args.output, type=args.type, embed_type=args.embed_type)
+    out = convert.convert_hf_to_gguf(args.hf_dir, args.output, type=args.type, embed_type=args.embed_type,
+                                     progress=_progress.enabled(args.progress))
     print(f"wrote {out}")
     return 0
 
@@ -212,12 +246,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return benchmark.main(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on exit status 1 (argparse's own default is 2, which this
+    CLI reserves for BitNetError, so scripts can tell a bad invocation from a bad model)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def _progress_args(sp: argparse.ArgumentParser, what: str) -> None:
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
+                   help=f"show {what} even when stderr is not a terminal")
+    g.add_argument("-q", "--quiet", dest="progress", action="store_const", const=False,
+                   help=f"never show {what} (default: shown on stderr when it is a terminal)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bitnet", description="BitNet b1.58 accelerator tools")
+    common = dict(epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="bitnet", description="BitNet b1.58 accelerator tools", **common)
     p.add_argument("--debug", action="store_true", help="show a traceback on errors (default: one line)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("demo", help="run a model on the default device, streaming tokens")
+    def add(name: str, help: str, description: Optional[str] = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help, **common)
+
+    d = add("demo", "run a model on the default device, streaming tokens")
     d.add_argument("model", nargs="?", help="GGUF model file (default: make a small random model)")
     d.add_argument("--device", default=None, help="device: sim, sim+ioctl or /dev/bitnetN (default: auto)")
     d.add_argument("--preset", default="small", help="random model shape when no model is given")
@@ -225,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--prompt-len", type=int, default=8)
     d.add_argument("--temperature", type=float, default=0.0)
     d.add_argument("--seed", type=int, default=0)
+    _progress_args(d, "the loading spinner")
     d.set_defaults(func=_cmd_demo)
 
     def text_args(sp: argparse.ArgumentParser) -> None:
@@ -237,39 +293,53 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-t", "--threads", type=int, default=None, help="host threads (default: all CPUs)")
         sp.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
         sp.add_argument("--tokenizer", default=None, help="tokenizer.json to use instead of the model's own")
+        _progress_args(sp, "the loading spinner")
 
-    g = sub.add_parser("generate", help="generate text from a prompt, streaming it")
+    g = add("generate", "generate text from a prompt, streaming it")
     text_args(g)
     g.add_argument("-p", "--prompt", required=True)
     g.add_argument("--ids", action="store_true", help="print the generated token ids instead of text")
     g.set_defaults(func=_cmd_generate)
 
-    ch = sub.add_parser("chat", help="chat with a model (its chat template; one message per stdin line; /exit ends)")
+    ch = add("chat", "chat with a model (its chat template; one message per stdin line; /exit ends)")
     text_args(ch)
     ch.add_argument("--system", default=None, help="system message")
     ch.set_defaults(func=_cmd_chat)
 
-    i = sub.add_parser("info", help="load a model; print its configuration, the card's, and the predicted card tokens/s")
+    i = add("info", "describe a GGUF file (metadata, tensors); load it and print the configuration, "
+                    "the card's, and the predicted card tokens/s",
+            "Describe a GGUF model file: header, every metadata key (type and value; long arrays and "
+            "strings summarised), and every tensor (type, shape, bytes) with totals per type. Then, "
+            "unless --no-load, load it onto the device and print the configuration the loader "
+            "decided, the card's, and the predicted card tokens/s.")
     i.add_argument("model")
+    i.add_argument("--no-load", "--metadata-only", dest="no_load", action="store_true",
+                   help="only describe the file; do not open a device or load the model")
+    i.add_argument("--json", action="store_true",
+                   help="print one JSON object instead (full metadata values; with the loaded "
+                        "configuration unless --no-load)")
     i.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
     i.add_argument("--profile", default=None,
                    help="board profile of the simulator's cycle model: vibee-zcu104 (default), vibee-vcu118, kv260")
     i.add_argument("--clock-mhz", type=float, default=None, help="custom engine clock (simulator)")
     i.add_argument("--lanes", type=int, default=None, help="custom MAC lanes (simulator)")
     i.add_argument("--ddr-gbps", type=float, default=None, help="custom weight-memory bandwidth (simulator)")
+    _progress_args(i, "the loading spinner")
     i.set_defaults(func=_cmd_info)
 
-    b = sub.add_parser("bench", help="llama-bench-style speed test (optionally against llama.cpp)")
+    b = add("bench", "llama-bench-style speed test (optionally against llama.cpp)")
     from .benchmark import add_arguments as _bench_args
 
     _bench_args(b)
+    _progress_args(b, "the loading spinner")
     b.set_defaults(func=_cmd_bench)
 
-    c = sub.add_parser("convert", help="convert a Hugging Face BitNet checkpoint to GGUF")
+    c = add("convert", "convert a Hugging Face BitNet checkpoint to GGUF")
     c.add_argument("hf_dir")
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0", "i2_s", "f16"])
     c.add_argument("--embed-type", default="f16", choices=["f16", "f32", "bf16", "q8_0"])
+    _progress_args(c, "progress bars (layers encoded, bytes written)")
     c.set_defaults(func=_cmd_convert)
     return p
 
