@@ -27,7 +27,7 @@ def enabled(flag: Optional[bool]) -> bool:
 
 @contextlib.contextmanager
 def loading(path: "str | os.PathLike[str]", show: bool) -> Iterator[None]:
-    """Show ``loading NAME (SIZE MiB) | elapsed`` on stderr while the body runs.
+    """Show ``loading NAME (SIZE MiB) | 00:01`` (a spinner, then the elapsed time) on stderr.
 
     Device.load_model is one blocking C++ call with no progress callback (it releases the
     GIL), so this is an indeterminate spinner with the elapsed time, redrawn by a thread; it
@@ -43,8 +43,9 @@ def loading(path: "str | os.PathLike[str]", show: bool) -> Iterator[None]:
         size = f" ({os.path.getsize(path) / 2**20:.1f} MiB)"
     except OSError:
         size = ""
-    bar = tqdm(total=None, desc=f"loading {name}{size}", bar_format="{desc} {postfix} {elapsed}",
-               file=sys.stderr, leave=False, dynamic_ncols=True)
+    desc = f"loading {name}{size}"
+    bar = tqdm(total=None, desc=f"{desc} |", bar_format="{desc} {elapsed}", file=sys.stderr, leave=False,
+               dynamic_ncols=True)
     stop = threading.Event()
 
     def spin() -> None:
@@ -52,7 +53,7 @@ def loading(path: "str | os.PathLike[str]", show: bool) -> Iterator[None]:
         k = 0
         while not stop.wait(0.1):
             k += 1
-            bar.set_postfix_str(frames[k % len(frames)], refresh=True)
+            bar.set_description_str(f"{desc} {frames[k % len(frames)]}", refresh=True)
 
     t = threading.Thread(target=spin, name="bitnet-load-progress", daemon=True)
     t.start()
