@@ -244,3 +244,12 @@ def test_progress_default_follows_whether_stderr_is_a_terminal(monkeypatch):
     assert "loading test_cli.py" in sys.stderr.getvalue()
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert _progress.enabled(None) is False and _progress.enabled(True) is True
+
+
+def test_stdout_closed_early_exits_quietly(tmp_path):
+    model = str(make_random_model(tmp_path / "tiny.gguf", preset="tiny"))
+    p = subprocess.Popen([sys.executable, "-m", "bitnet", "info", model], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdout.close()                  # like `| head` that has read enough, before anything is written
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141 and err == ""

@@ -23,7 +23,8 @@ exit status:
   0    success
   1    bad arguments (usage error), or an OS error (e.g. a file that cannot be written)
   2    BitNetError: device, model file or conversion error (bad/corrupt GGUF, missing file)
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C)
+  141  stdout closed early (e.g. piped into head); nothing printed"""
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -356,6 +357,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"bitnet: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # stdout was closed early (`bitnet info MODEL | head`): stop quietly with the status a
+        # tool killed by SIGPIPE has, and point stdout at /dev/null so the exit-time flush is silent.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except (ValueError, TypeError, OSError) as e:
         if args.debug:
             raise
