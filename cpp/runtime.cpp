@@ -60,18 +60,18 @@ Engine::Engine(const Model& model, Transport& card, ThreadPool* pool)
     }
 }
 
-void Engine::rope(float* vec, int64_t n_heads, int64_t pos) const {
+void Engine::rope(float* q, int64_t n_q, float* k, int64_t n_k, int64_t pos) const {
     const ModelConfig& c = model_.config();
     const int64_t half = c.rope_dim / 2;
     const float p = static_cast<float>(pos) * c.rope_freq_scale;
     for (int64_t i = 0; i < half; ++i) {
         const float angle = p * inv_freq_[static_cast<size_t>(i)];
         const float cs = std::cos(angle), sn = std::sin(angle);
-        for (int64_t h = 0; h < n_heads; ++h) {
-            float* v = vec + h * c.head_dim;
-            // NEOX pairs element i with i + half; NORM pairs 2i with 2i + 1.
-            const int64_t i0 = c.rope_style == RopeStyle::NEOX ? i : 2 * i;
-            const int64_t i1 = c.rope_style == RopeStyle::NEOX ? i + half : 2 * i + 1;
+        // NEOX pairs element i with i + half; NORM pairs 2i with 2i + 1.
+        const int64_t i0 = c.rope_style == RopeStyle::NEOX ? i : 2 * i;
+        const int64_t i1 = c.rope_style == RopeStyle::NEOX ? i + half : 2 * i + 1;
+        for (int64_t h = 0; h < n_q + n_k; ++h) {
+            float* v = h < n_q ? q + h * c.head_dim : k + (h - n_q) * c.head_dim;
             const float a = v[i0], b = v[i1];
             v[i0] = a * cs + (-b) * sn;
             v[i1] = b * cs + a * sn;
@@ -184,8 +184,7 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
         norm_quant(x.data(), &L.attn_norm, D);
         card_matmul(q8.data(), sx.data(), R, D, {{L.slot[PROJ_Q], Q.data()}, {L.slot[PROJ_K], K.data()}, {L.slot[PROJ_V], V.data()}});
         for (int64_t r = 0; r < R; ++r) {
-            rope(Q.data() + r * QD, c.n_head, rows[r].pos);
-            rope(K.data() + r * KVD, c.n_head_kv, rows[r].pos);
+            rope(Q.data() + r * QD, c.n_head, K.data() + r * KVD, c.n_head_kv, rows[r].pos);
             std::copy(K.data() + r * KVD, K.data() + (r + 1) * KVD, rows[r].cache->k_at(l, rows[r].pos));
             std::copy(V.data() + r * KVD, V.data() + (r + 1) * KVD, rows[r].cache->v_at(l, rows[r].pos));
         }

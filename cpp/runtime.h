@@ -100,7 +100,9 @@ public:
 private:
     // Runs the layers and leaves the final-normed hidden states of the want_logits rows in h.
     void forward_hidden(const std::vector<ForwardRow>& rows, std::vector<float>& h, const RunHooks& hooks);
-    void rope(float* vec, int64_t n_heads, int64_t pos) const;
+    // Rotates the n_q query heads in q and the n_k key heads in k at position pos (one cos/sin
+    // evaluation per frequency for both).
+    void rope(float* q, int64_t n_q, float* k, int64_t n_k, int64_t pos) const;
     void card_matmul(const int8_t* q, const float* sx, int64_t B, int64_t K,
                      std::initializer_list<std::pair<int, float*>> products);
 
