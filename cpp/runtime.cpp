@@ -10,32 +10,51 @@
 namespace bitnet {
 
 namespace {
-// Round half to even, as std::nearbyint under the default rounding mode (and torch.round):
-// for |v| < 2^22, adding and subtracting 1.5 * 2^23 leaves v rounded to an integer by the fp32
-// addition itself. Inline and vectorisable, where nearbyintf is a library call per element.
-inline float round_half_even(float v) {
+// Round half to even, as std::nearbyint under the default rounding mode (and torch.round), for
+// |v| < 2^22 (and NaN, which stays NaN): adding and subtracting 1.5 * 2^23 leaves v rounded to
+// an integer by the fp32 addition itself. Branch-free and vectorisable, where nearbyintf is a
+// library call per element.
+inline float round_half_even_small(float v) {
     constexpr float kMagic = 12582912.0f;   // 1.5 * 2^23
-    return std::fabs(v) < 4194304.0f ? (v + kMagic) - kMagic : v;
+    return (v + kMagic) - kMagic;
 }
 }  // namespace
 
 float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
+    // max is exact, so 8 partial maxima (independent chains) give the same amax; NaNs are
+    // skipped as std::max(amax, NaN) skips them.
+    float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; ++l) {
+            const float a = std::fabs(x[i + l]);
+            m[l] = a > m[l] ? a : m[l];
+        }
     float amax = 0.0f;
-    for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    for (; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    for (int l = 0; l < 8; ++l) amax = std::max(amax, m[l]);
     const float s = 127.0f / std::max(amax, 1e-5f);
-    for (int64_t i = 0; i < n; ++i) {
-        const float r = round_half_even(x[i] * s);
-        q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-128.0f, r)));
+    // |x * s| <= 127 * (1 + 2^-23) here (or NaN), inside round_half_even_small's range.
+    for (i = 0; i < n; ++i) {
+        float r = round_half_even_small(x[i] * s);
+        r = r > -128.0f ? r : -128.0f;   // NaN -> -128, as std::max(-128.0f, NaN)
+        r = r < 127.0f ? r : 127.0f;
+        q[i] = static_cast<int8_t>(static_cast<int32_t>(r));
     }
     return s;
 }
 
 void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+    // Squares summed in double (docs/NUMERICS.md): four partial sums, then (s0 + s1) + (s2 + s3).
+    double p[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; ++l) p[l] += static_cast<double>(x[i + l]) * x[i + l];
+    for (; i < n; ++i) p[0] += static_cast<double>(x[i]) * x[i];
+    const double ss = (p[0] + p[1]) + (p[2] + p[3]);
     const float mean = static_cast<float>(ss / static_cast<double>(n));
     const float r = 1.0f / std::sqrt(mean + eps);
-    for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
+    for (i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
 }
 
 void KVCache::reserve(int64_t positions) {
