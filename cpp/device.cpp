@@ -164,18 +164,24 @@ Device::~Device() {
 }
 
 void Device::join_worker() {
+    std::lock_guard<std::mutex> wlock(worker_mu_);
     if (worker_.joinable() && worker_.get_id() != std::this_thread::get_id()) worker_.join();
 }
 
 void Device::close() {
     if (closed_.exchange(true)) return;
-    std::shared_ptr<Job> job;
     {
-        std::lock_guard<std::mutex> lock(mu_);
-        job = job_;
+        // Under worker_mu_, so that a submit() racing with close() has either started its job
+        // (aborted and joined here) or sees closed_ and starts none.
+        std::lock_guard<std::mutex> wlock(worker_mu_);
+        std::shared_ptr<Job> job;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            job = job_;
+        }
+        if (job) job->abort();
+        if (worker_.joinable() && worker_.get_id() != std::this_thread::get_id()) worker_.join();
     }
-    if (job) job->abort();
-    join_worker();
     std::lock_guard<std::mutex> lock(mu_);
     engine_.reset();
     model_.reset();
@@ -325,7 +331,17 @@ std::shared_ptr<Job> Device::submit(const GenerateRequest& req) {
     validate_sampling(req.sampling);
     check_not_error();
     acquire();
-    join_worker();
+    // worker_mu_ is held from joining the previous job's thread until the new one is stored in
+    // worker_: the new job can run to its end and release() the device before the assignment
+    // below completes, and the next submit() (or load_model(), logits()) must then wait for
+    // the assignment rather than see the old, joined worker_, skip the join and assign to a
+    // joinable std::thread (std::terminate).
+    std::lock_guard<std::mutex> wlock(worker_mu_);
+    if (worker_.joinable()) worker_.join();
+    if (closed_.load()) {   // close() ran meanwhile (it joins under worker_mu_): start nothing
+        release();
+        check_open();
+    }
     auto job = std::make_shared<Job>(req.prompts.size());
     {
         std::lock_guard<std::mutex> lock(mu_);

@@ -173,7 +173,7 @@ private:
     class CardCall;
     template <typename F>
     auto card_call(DeviceState state, bool latch_faults, F&& body) -> decltype(body());
-    void join_worker();
+    void join_worker();   // joins the last job's thread (under worker_mu_)
     void run_job(std::shared_ptr<Job> job, GenerateRequest req);
 
     std::string spec_;
@@ -183,6 +183,11 @@ private:
     std::shared_ptr<Model> model_;
     std::unique_ptr<Engine> engine_;
     std::shared_ptr<Job> job_;
+    // The thread of the last job. worker_mu_ guards it: submit() starts the thread and only
+    // then assigns worker_, but the job may finish and release() the device before that
+    // assignment completes, so the next acquire()r must not look at worker_ unlocked. Held
+    // while joining; the worker itself never takes it.
+    std::mutex worker_mu_;
     std::thread worker_;
 
     std::atomic<bool> closed_{false};
