@@ -154,7 +154,7 @@ void bind_runtime(py::module_& m) {
         .def("submit",
              [](Device& d, const std::vector<py::array_t<int32_t, py::array::c_style | py::array::forcecast>>& prompts,
                 int64_t max_new_tokens, float temperature, int64_t top_k, float top_p, uint64_t seed,
-                std::vector<int32_t> stop_tokens) {
+                std::vector<int32_t> stop_tokens, const py::object& record) {
                  GenerateRequest req;
                  for (const auto& p : prompts) req.prompts.push_back(from_numpy(p));
                  req.max_new_tokens = max_new_tokens;
@@ -163,11 +163,20 @@ void bind_runtime(py::module_& m) {
                  req.sampling.top_p = top_p;
                  req.sampling.seed = seed;
                  req.stop_tokens = std::move(stop_tokens);
-                 py::gil_scoped_release nogil;
-                 return d.submit(req);
+                 std::shared_ptr<Job> job;
+                 {
+                     py::gil_scoped_release nogil;
+                     job = d.submit(req);
+                 }
+                 // `record` (a list) receives the job before this call returns, so a caller's
+                 // exception handler can abort it even when Ctrl-C is raised the moment the
+                 // interpreter gets control back (before the return value is stored anywhere).
+                 if (!record.is_none()) record.attr("append")(job);
+                 return job;
              },
              py::arg("prompts"), py::arg("max_new_tokens"), py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
-             py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("stop_tokens") = std::vector<int32_t>{})
+             py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("stop_tokens") = std::vector<int32_t>{},
+             py::arg("record") = py::none())
         .def("status",
              [](const Device& d) {
                  DeviceStatus s = d.status();

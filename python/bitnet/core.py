@@ -13,7 +13,7 @@ import glob
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -151,6 +151,27 @@ def _wait_interruptibly(job: Any) -> None:
     except BaseException:
         job.abort()
         job.wait(-1)
+        raise
+
+
+def _run_interruptibly(start: Callable[[List[Any]], Any]) -> Any:
+    """Start a job with ``start(record)`` and wait for it (see :func:`_wait_interruptibly`).
+
+    ``start`` passes ``record`` to ``Device.submit``, which appends the job to it before the
+    call returns. Ctrl-C can be raised the moment the interpreter regains control after the
+    submit, before its return value is stored anywhere; the job is then still in ``record``
+    and is aborted and waited for here, so the device is never left busy with an orphan job.
+    """
+    record: List[Any] = []
+    try:
+        job = start(record)
+        while not job.wait(100):
+            pass
+        return job
+    except BaseException:
+        for job in record:
+            job.abort()
+            job.wait(-1)
         raise
 
 
@@ -411,13 +432,11 @@ class BitNet:
         ``HW_ERROR``, ``card_error`` the card's code), the device stays in ERROR until
         :meth:`reset`, and :meth:`get_output` returns the tokens generated before the fault.
         """
-        self.inference_async(
+        job = _run_interruptibly(lambda record: self._start(
             input_tokens, max_output, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-            stop_token_ids=stop_token_ids,
-        )
-        job = self._job
-        _wait_interruptibly(job)
-        self._report_job_error()
+            stop_token_ids=stop_token_ids, record=record,
+        ))
+        self._report_job_error(job)
         return job.tokens()
 
     def inference_async(
@@ -436,18 +455,37 @@ class BitNet:
         Use :meth:`wait`, :meth:`get_output` and :meth:`abort`. Raises BitNetError (code
         BUSY) if a job is already running.
         """
+        self._start(input_tokens, max_output, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                    stop_token_ids=stop_token_ids)
+
+    def _start(self, input_tokens: Any, max_output: int = 1024, *, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: Optional[int] = None,
+               stop_token_ids: Optional[Iterable[int]] = None, record: Optional[List[Any]] = None) -> Any:
+        """inference_async(), returning the job it started. Callers that go on to wait for the
+        job use this return value, never ``self._job`` read back: on a handle shared by threads
+        another thread's job may have replaced ``self._job`` by then (this one can finish and
+        free the device before the caller gets the GIL back). ``record``: see
+        :func:`_run_interruptibly`."""
         self._config()
         tokens = as_token_array(input_tokens)
         n = check_count(max_output, "max_output", 0)
         t, k, p, s = check_sampling(temperature, top_k, top_p, seed)
         stops = check_stop_tokens(stop_token_ids, self._stop_default)
-        self._job = self._dev.submit([tokens], n, t, k, p, s, stops)
+        job = self._dev.submit([tokens], n, t, k, p, s, stops, record)
+        self._job = job
         self._job_error_reported = False
+        return job
 
-    def _report_job_error(self) -> None:
+    def _report_job_error(self, job: Optional[Any] = None) -> None:
         """Raise the error that ended the last job, once: a failed job reports its error to the
         first inference()/get_output() that sees it finished; after that get_output() returns
-        the tokens it produced before the failure."""
+        the tokens it produced before the failure. ``job``: the job the caller started; when
+        another thread has started a newer one on this handle since, its error is raised here
+        (to the call that ran it) and the handle's own record is left alone."""
+        if job is not None and job is not self._job:
+            if job.done:
+                job.rethrow_if_failed()
+            return
         job = self._job
         if job is not None and job.done and not self._job_error_reported:
             self._job_error_reported = True
@@ -599,9 +637,8 @@ class BitNet:
             if not isinstance(s, str) or not s:
                 raise BitNetValueError(ErrorCode.INVALID, f"stop[{i}] must be a non-empty string, got {s!r}")
         stop_ids = set(check_stop_tokens(stop_token_ids, self._stop_default))
-        self.inference_async(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                             stop_token_ids=sorted(stop_ids))
-        job = self._job
+        job = self._start(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                          stop_token_ids=sorted(stop_ids))
         decoder = tok.incremental_decoder(skip_special_tokens)
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""

@@ -155,10 +155,9 @@ def bitnet_batch_inference(
     with BitNet(device) as bn:
         bn.load_weights(model_path)
         stops = check_stop_tokens(stop, bn._stop_default)
-        job = bn._dev.submit(rows, n, t, k, p, s, stops)
-        from .core import _wait_interruptibly
+        from .core import _run_interruptibly
 
-        _wait_interruptibly(job)
+        job = _run_interruptibly(lambda record: bn._dev.submit(rows, n, t, k, p, s, stops, record))
         job.rethrow_if_failed()
         outs = [job.tokens(i) for i in range(len(rows))]
     width = max((len(o) for o in outs), default=0)
@@ -220,8 +219,7 @@ class BitNetStream:
         stops = None if stop_token_id is None else [check_count(stop_token_id, "stop_token_id", 0)]
         if "stop_token_ids" in sampling:
             raise TypeError("generate() takes stop_token_id (one id), not stop_token_ids")
-        self._bn.inference_async(tokens, max_tokens, stop_token_ids=stops, **sampling)
-        job = self._bn._job
+        job = self._bn._start(tokens, max_tokens, stop_token_ids=stops, **sampling)
         seen = 0
         try:
             while True:
@@ -234,7 +232,7 @@ class BitNetStream:
                     seen += len(new)
                 elif job.done:
                     break
-            self._bn._report_job_error()
+            self._bn._report_job_error(job)
         finally:
             if not job.done:
                 job.abort()

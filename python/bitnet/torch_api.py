@@ -1502,7 +1502,7 @@ class BitNetModule(nn.Module):
         bn._job = job
         bn._job_error_reported = False
         job.wait(-1)
-        bn._report_job_error()
+        bn._report_job_error(job)
         return [job.tokens(i) for i in range(len(rows))]
 
     # ---------------------------------------------------------------- the seed API
