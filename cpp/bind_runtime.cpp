@@ -144,8 +144,9 @@ void bind_runtime(py::module_& m) {
                      py::gil_scoped_release nogil;
                      out = d.logits(toks);
                  }
-                 const auto model = d.model();
-                 const py::ssize_t V = static_cast<py::ssize_t>(model->config().n_vocab);
+                 // The width from the result itself: another thread may load another model, or
+                 // close the device, as soon as logits() has returned (tokens are never empty).
+                 const py::ssize_t V = static_cast<py::ssize_t>(out.size() / toks.size());
                  py::array_t<float> arr({static_cast<py::ssize_t>(toks.size()), V});
                  std::copy(out.begin(), out.end(), arr.mutable_data());
                  return arr;

@@ -2,9 +2,11 @@
 #include "device.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "../sim/driver_emu.h"
 #include "log.h"
@@ -180,7 +182,12 @@ void Device::close() {
             job = job_;
         }
         if (job) job->abort();
-        if (worker_.joinable() && worker_.get_id() != std::this_thread::get_id()) worker_.join();
+        const bool on_worker = worker_.joinable() && worker_.get_id() == std::this_thread::get_id();
+        if (worker_.joinable() && !on_worker) worker_.join();
+        // A synchronous call (load_model, logits, matmul) still running on another thread
+        // holds the card: wait for it before the transport goes away.
+        if (!on_worker)
+            while (running_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     std::lock_guard<std::mutex> lock(mu_);
     engine_.reset();
@@ -193,6 +200,9 @@ void Device::check_open() const {
 }
 
 void Device::check_model() const {
+    // A load in progress (another thread) has no model yet: that is a busy device.
+    if (!model_ && running_.load())
+        throw Error(ErrorCode::BUSY, "the device is busy loading a model; wait for load_weights() to return");
     if (!model_) throw Error(ErrorCode::STATE, "no model is loaded; call load_weights(path) first");
 }
 
@@ -200,6 +210,13 @@ void Device::acquire() {
     bool expected = false;
     if (!running_.compare_exchange_strong(expected, true))
         throw Error(ErrorCode::BUSY, "the device is busy with another job; wait() for it or abort() it first");
+    // close() sets closed_ and then waits for running_ to drop: a call that got here after
+    // close() began must not use the card (both atomics are sequentially consistent, so either
+    // close() sees running_ and waits, or this sees closed_).
+    if (closed_.load()) {
+        running_.store(false);
+        check_open();
+    }
 }
 
 void Device::release() { running_.store(false); }
@@ -330,6 +347,7 @@ std::shared_ptr<Job> Device::submit(const GenerateRequest& req) {
         throw Error(ErrorCode::INVALID, "max_output must be >= 0, got " + std::to_string(req.max_new_tokens));
     validate_sampling(req.sampling);
     check_not_error();
+    auto job = std::make_shared<Job>(req.prompts.size());   // before acquire(): a bad_alloc leaves the device free
     acquire();
     // worker_mu_ is held from joining the previous job's thread until the new one is stored in
     // worker_: the new job can run to its end and release() the device before the assignment
@@ -342,7 +360,6 @@ std::shared_ptr<Job> Device::submit(const GenerateRequest& req) {
         release();
         check_open();
     }
-    auto job = std::make_shared<Job>(req.prompts.size());
     {
         std::lock_guard<std::mutex> lock(mu_);
         job_ = job;
@@ -651,11 +668,15 @@ void Device::reset() {
         job = job_;
     }
     if (job) job->wait(-1);
-    if (!running_.load()) {
+    // Clear the state only while holding the device, so a job or call that starts meanwhile
+    // (and sets its own state) is never overwritten with IDLE.
+    bool expected = false;
+    if (running_.compare_exchange_strong(expected, true)) {
         state_.store(static_cast<int>(DeviceState::IDLE));
         error_code_.store(0);
         card_error_.store(0);
         current_layer_.store(0);
+        running_.store(false);
     }
 }
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _core
 from ._tokens import as_token_array, check_count, check_float, check_sampling, check_stop_tokens
-from .errors import BitNetError, BitNetStateError, BitNetValueError, ErrorCode
+from .errors import BitNetBusyError, BitNetError, BitNetStateError, BitNetValueError, ErrorCode
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -292,6 +292,9 @@ class BitNet:
         self._check_open()
         cfg = self._dev.model_config()
         if cfg is None:
+            self._check_open()   # closed meanwhile by another thread
+            if self._dev.busy:   # another thread is loading a model
+                raise BitNetBusyError(ErrorCode.BUSY, "the device is busy loading a model; wait for load_weights() to return")
             raise BitNetStateError(ErrorCode.STATE, "no model is loaded; call load_weights(path) first")
         return cfg
 
@@ -327,7 +330,11 @@ class BitNet:
         self._model_path = None
         self._tokenizer = None
         self._dev.load_model(path, fast_head)
-        self._stop_default = list(self._dev.model_config()["stop_token_ids"])
+        cfg = self._dev.model_config()
+        if cfg is None:   # closed by another thread right after the load
+            self._check_open()
+            raise BitNetStateError(ErrorCode.STATE, "the model was unloaded while loading; load it again")
+        self._stop_default = list(cfg["stop_token_ids"])
         self._model_path = path
         self._tokenizer_arg = tokenizer
 
