@@ -45,9 +45,10 @@ void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
     for (int r = 0; r < RB; ++r)
         for (int t = 0; t < TB; ++t) sum[r][t] = _mm512_setzero_si512();
     const uint8_t* w0 = s.packed.data() + j * s.row_bytes;
-    // The RB rows are contiguous: prefetch the block four tiles ahead, one cache line per
-    // 64 bytes of this tile's progress, so the weight stream keeps flowing while this computes.
-    const uint8_t* pf = w0 + 4 * RB * s.row_bytes;
+    // The RB rows are contiguous: prefetch the next tile's block, one cache line per 64 bytes
+    // of this tile's progress, so the weight stream keeps flowing while this computes (one
+    // tile ahead decodes ~3% faster than four on a 2B model; none at all, ~20% slower).
+    const uint8_t* pf = w0 + RB * s.row_bytes;
     const uint8_t* pf_end = s.packed.data() + s.packed.size();
     for (int64_t g = 0; g < G; ++g) {
         for (int r = 0; r < RB; r += 4) {
@@ -175,6 +176,10 @@ void dot_tile(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, int64_
         for (int w = 0; w < XB; ++w) acc[r][w] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
+        // GEMV (one vector: memory-bound): the same columns of the next RB rows are prefetched,
+        // one cache line per row every 32 elements (a prefetch never faults past the end).
+        if (XB == 1 && (i & 31) == 0)
+            for (int r = 0; r < RB; ++r) _mm_prefetch(reinterpret_cast<const char*>(e + (RB + r) * ld + i), _MM_HINT_T0);
         __m512 ev[RB];
         for (int r = 0; r < RB; ++r)
             ev[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + r * ld + i)));
