@@ -206,9 +206,13 @@ void Device::check_model() const {
     if (!model_) throw Error(ErrorCode::STATE, "no model is loaded; call load_weights(path) first");
 }
 
-void Device::acquire() {
+bool Device::try_acquire() {
     bool expected = false;
-    if (!running_.compare_exchange_strong(expected, true))
+    return running_.compare_exchange_strong(expected, true);
+}
+
+void Device::acquire() {
+    if (!try_acquire())
         throw Error(ErrorCode::BUSY, "the device is busy with another job; wait() for it or abort() it first");
     // close() sets closed_ and then waits for running_ to drop: a call that got here after
     // close() began must not use the card (both atomics are sequentially consistent, so either
@@ -670,13 +674,12 @@ void Device::reset() {
     if (job) job->wait(-1);
     // Clear the state only while holding the device, so a job or call that starts meanwhile
     // (and sets its own state) is never overwritten with IDLE.
-    bool expected = false;
-    if (running_.compare_exchange_strong(expected, true)) {
+    if (try_acquire()) {
         state_.store(static_cast<int>(DeviceState::IDLE));
         error_code_.store(0);
         card_error_.store(0);
         current_layer_.store(0);
-        running_.store(false);
+        release();
     }
 }
 

@@ -163,7 +163,8 @@ private:
     void check_open() const;
     void check_model() const;
     void validate_tokens(const std::vector<int32_t>& tokens, const char* what) const;
-    void acquire();            // marks the device busy or throws BUSY
+    bool try_acquire();        // marks the device busy; false if it already was
+    void acquire();            // marks the device busy or throws BUSY (or CLOSED after close())
     void release();
     void fault_or_idle(const Error& e);
     void check_not_error() const;   // state after an error of a synchronous card call

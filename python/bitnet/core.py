@@ -165,10 +165,9 @@ def _run_interruptibly(start: Callable[[List[Any]], Any]) -> Any:
     record: List[Any] = []
     try:
         job = start(record)
-        while not job.wait(100):
-            pass
+        _wait_interruptibly(job)   # aborts the job itself on an exception while waiting
         return job
-    except BaseException:
+    except BaseException:   # raised before the wait began (aborting twice is harmless)
         for job in record:
             job.abort()
             job.wait(-1)
