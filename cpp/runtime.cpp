@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <mutex>
 
@@ -55,6 +56,25 @@ void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
     const float mean = static_cast<float>(ss / static_cast<double>(n));
     const float r = 1.0f / std::sqrt(mean + eps);
     for (i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
+}
+
+// g[i] = act(g[i]) * u[i]. ReLU² is written branch-free so that it vectorises (`g > 0 ? g : 0`
+// maps NaN to 0, as before): the branchy loop
+// mispredicted on every other element and cost ~1 ms per decoded token on a 2B model.
+void gated_activation(Activation act, float* __restrict g, const float* __restrict u, int64_t n) {
+    if (act == Activation::RELU2) {
+        for (int64_t i = 0; i < n; ++i) {
+            // rl = g > 0 ? g : 0 as a bit mask (GCC keeps the float select as a branch).
+            uint32_t bits;
+            std::memcpy(&bits, &g[i], 4);
+            bits &= 0u - static_cast<uint32_t>(g[i] > 0.0f);
+            float rl;
+            std::memcpy(&rl, &bits, 4);
+            g[i] = (rl * rl) * u[i];
+        }
+    } else {
+        for (int64_t i = 0; i < n; ++i) g[i] = (g[i] / (1.0f + std::exp(-g[i]))) * u[i];
+    }
 }
 
 void KVCache::reserve(int64_t positions) {
@@ -229,17 +249,7 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
         norm_quant(x.data(), &L.ffn_norm, D);
         card_matmul(q8.data(), sx.data(), R, D, {{L.slot[PROJ_GATE], G.data()}, {L.slot[PROJ_UP], U.data()}});
         pool_->parallel_for(R * F, 16384, [&](int64_t i0, int64_t i1) {
-            for (int64_t i = i0; i < i1; ++i) {
-                const float g = G[i];
-                float a;
-                if (c.act == Activation::RELU2) {
-                    const float rl = g > 0.0f ? g : 0.0f;
-                    a = rl * rl;
-                } else {
-                    a = g / (1.0f + std::exp(-g));
-                }
-                G[i] = a * U[i];
-            }
+            gated_activation(c.act, G.data() + i0, U.data() + i0, i1 - i0);
         });
         norm_quant(G.data(), c.sub_norms ? &L.ffn_sub_norm : nullptr, F);
         card_matmul(q8.data(), sx.data(), R, F, {{L.slot[PROJ_DOWN], Y.data()}});

@@ -26,6 +26,9 @@ float quantize_row_i8(const float* x, int64_t n, int8_t* q);
 // RMSNorm: out = w * (x * (1 / sqrt(mean(x^2) + eps))), mean accumulated in double.
 void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out);
 
+// The gated feed-forward's elementwise step: g[i] = act(g[i]) * u[i] (ReLU² or SiLU, in fp32).
+void gated_activation(Activation act, float* g, const float* u, int64_t n);
+
 // The key/value cache of one sequence: per layer, [capacity, kv_dim] fp32 for K and V.
 struct KVCache {
     int64_t n_layer = 0;
