@@ -10,7 +10,7 @@ OUT=fuzz/out
 mkdir -p "$OUT/obj" "$OUT/corpus-gguf" "$OUT/corpus-ioctl"
 CXX="${CXX_FUZZ:-clang++}"
 FLAGS="-g -O1 -std=c++17 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -Icpp -Isim"
-SRCS="cpp/gguf.cpp cpp/quant.cpp cpp/error.cpp cpp/log.cpp cpp/model.cpp cpp/sim_transport.cpp sim/card.cpp sim/thread_pool.cpp sim/kernels/ref.cpp sim/kernels/dispatch.cpp sim/driver_emu.cpp sim/ioctl_script.cpp"
+SRCS="cpp/gguf.cpp cpp/quant.cpp cpp/error.cpp cpp/log.cpp cpp/model.cpp cpp/sim_transport.cpp sim/card.cpp sim/thread_pool.cpp sim/kernels/ref.cpp sim/kernels/dispatch.cpp sim/kernels/slot_memory.cpp sim/driver_emu.cpp sim/ioctl_script.cpp"
 objs=()
 for s in $SRCS; do
   o="$OUT/obj/$(echo "$s" | tr / _).o"

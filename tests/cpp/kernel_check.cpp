@@ -117,6 +117,58 @@ void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n
                              " nx=" + std::to_string(nx));
 }
 
+
+// Slot memory (slot_memory.cpp): blocks of many sizes, allocated and freed in random order
+// across chunk boundaries, are 64-byte aligned, never overlap (each keeps its own pattern),
+// and a freed block's neighbours keep their contents.
+void check_slot_memory(std::mt19937_64& rng) {
+    struct Block {
+        uint8_t* p;
+        size_t n;
+        uint8_t tag;
+    };
+    std::vector<Block> live;
+    auto verify = [&](const Block& b) {
+        bool ok = reinterpret_cast<uintptr_t>(b.p) % 64 == 0;
+        for (size_t i = 0; i < b.n && ok; i += 4093) ok = b.p[i] == static_cast<uint8_t>(b.tag + i);
+        if (b.n) ok = ok && b.p[b.n - 1] == static_cast<uint8_t>(b.tag + b.n - 1);
+        expect(ok, "slot memory block of " + std::to_string(b.n) + " bytes");
+    };
+    const size_t sizes[] = {0, 1, 63, 64, 65, 4096, 409600, 1638400, 2097152, 4423680, 33554433, 40000000};
+    for (int round = 0; round < 300; ++round) {
+        if (live.empty() || rng() % 3 != 0) {
+            const size_t n = sizes[rng() % (sizeof sizes / sizeof sizes[0])];
+            Block b{static_cast<uint8_t*>(slot_memory_allocate(n)), n, static_cast<uint8_t>(rng())};
+            for (size_t i = 0; i < n; i += 4093) b.p[i] = static_cast<uint8_t>(b.tag + i);
+            if (n) b.p[n - 1] = static_cast<uint8_t>(b.tag + n - 1);
+            live.push_back(b);
+        } else {
+            const size_t i = rng() % live.size();
+            verify(live[i]);
+            slot_memory_free(live[i].p, live[i].n);
+            live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+        if (live.size() > 24) {   // keep the footprint bounded
+            verify(live.front());
+            slot_memory_free(live.front().p, live.front().n);
+            live.erase(live.begin());
+        }
+    }
+    for (const Block& b : live) {
+        verify(b);
+        slot_memory_free(b.p, b.n);
+    }
+    // A slot's vector uses it through SlotAllocator.
+    TernarySlot s;
+    std::vector<int8_t> t(static_cast<size_t>(3 * 130));
+    for (auto& v : t) v = static_cast<int8_t>(static_cast<int>(rng() % 3) - 1);
+    pack_slot(t.data(), 3, 130, 1.0f, s);
+    bool same = true;
+    for (int64_t r = 0; r < 3; ++r)
+        for (int64_t c = 0; c < 130; ++c) same = same && s.get(r, c) == t[static_cast<size_t>(r * 130 + c)];
+    expect(same, "pack_slot into slot memory round-trips");
+}
+
 }  // namespace
 
 // --bench: one thread, decode-shaped work on 256 MB of weights (far beyond the caches): the
@@ -200,6 +252,8 @@ int main(int argc, char** argv) {
         return bench(2048, 2048);
     }
     std::mt19937_64 rng(20261128);
+    check_slot_memory(rng);
+    std::printf("slot memory checked\n");
     const std::vector<std::string> names = available_kernels();
     for (const std::string& name : names) {
         if (name == "ref") continue;

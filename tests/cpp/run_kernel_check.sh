@@ -9,7 +9,7 @@ what="${1:-all}"
 out="${TMPDIR:-/tmp}/bitnet-kernel-check"
 mkdir -p "$out"
 common=(-std=c++17 -O3 -Wall -Wextra -Wshadow -Werror -ffp-contract=off -Isim/kernels)
-srcs=(tests/cpp/kernel_check.cpp sim/kernels/ref.cpp sim/kernels/dispatch.cpp)
+srcs=(tests/cpp/kernel_check.cpp sim/kernels/ref.cpp sim/kernels/dispatch.cpp sim/kernels/slot_memory.cpp)
 
 if [ "$what" = native ] || [ "$what" = all ]; then
   if [ "$(uname -m)" = x86_64 ]; then
