@@ -251,6 +251,56 @@ print("RESULT", interrupted, finished, bad, flush=True)
     assert bad == 0 and interrupted + finished == 100 and interrupted >= 50
 
 
+_CTRL_C_CALLS = {
+    # Each generates up to 400 tokens from [1, 2, 3] and is interrupted mid-way.
+    "stream": ("from bitnet import BitNetStream\nh = BitNetStream({model!r})\nbn = h._bn",
+               "for _ in h.generate([1, 2, 3], max_tokens=400, stop_token_id=None): pass"),
+    "torch": ("import torch\nfrom bitnet import BitNetModule\nh = BitNetModule('sim', {model!r}, n_threads=1)\n"
+              "bn = h.bitnet",
+              "h.forward(torch.tensor([1, 2, 3]), max_length=400, stop_token_ids=[])"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_CTRL_C_CALLS))
+def test_keyboard_interrupt_in_generators_and_torch(model, tmp_path, kind):
+    # Ctrl-C while BitNetStream.generate is being iterated, or during BitNetModule.forward
+    # (which waits for its job in short slices): the job is aborted, never orphaned; the device
+    # is IDLE and the next call exact. 30 signals at varying moments.
+    if kind == "torch":
+        pytest.importorskip("torch")
+    setup, call = _CTRL_C_CALLS[kind]
+    script = tmp_path / f"ctrlc_{kind}.py"
+    script.write_text(f"""
+import os, signal, threading, time
+{setup.format(model=model)}
+ref = bn.inference([1, 2], 3, stop_token_ids=[]).tolist()
+interrupted = finished = bad = 0
+for r in range(30):
+    timer = threading.Timer(0.003 + 0.0005 * (r % 10), os.kill, (os.getpid(), signal.SIGINT))
+    done = False
+    try:
+        try:
+            timer.start()
+            {call}
+            done = True
+        finally:
+            timer.join()
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        pass
+    finished += done
+    interrupted += not done
+    if bn.status.state != "IDLE" or bn.is_busy or bn.inference([1, 2], 3, stop_token_ids=[]).tolist() != ref:
+        bad += 1
+print("RESULT", interrupted, finished, bad, flush=True)
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1].split()
+    interrupted, finished, bad = map(int, line[1:])
+    assert bad == 0 and interrupted + finished == 30 and interrupted >= 10, (interrupted, finished, bad)
+
+
 def test_close_during_synchronous_calls(model):
     # close() from another thread while logits()/matmul()/load_weights() run: close waits for the
     # call (the transport is not torn down under it); each call returns its result or raises

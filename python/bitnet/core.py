@@ -174,6 +174,16 @@ def _run_interruptibly(start: Callable[[List[Any]], Any]) -> Any:
         raise
 
 
+def _abort_unfinished(record: List[Any]) -> None:
+    """Abort and wait for every job in ``record`` that has not finished (a generator's
+    ``finally``: the job is in ``record`` from the moment ``Device.submit`` returns, so a
+    Ctrl-C or an early exit at any point after the submit cannot orphan it)."""
+    for job in record:
+        if not job.done:
+            job.abort()
+            job.wait(-1)
+
+
 def _job_tokens(job: Any, poll_ms: int) -> Iterator[int]:
     """Yield a running job's generated tokens (ints) as they arrive, until it is done."""
     seen = 0
@@ -643,8 +653,6 @@ class BitNet:
             if not isinstance(s, str) or not s:
                 raise BitNetValueError(ErrorCode.INVALID, f"stop[{i}] must be a non-empty string, got {s!r}")
         stop_ids = set(check_stop_tokens(stop_token_ids, self._stop_default))
-        job = self._start(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                          stop_token_ids=sorted(stop_ids))
         decoder = tok.incremental_decoder(skip_special_tokens)
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
@@ -654,7 +662,10 @@ class BitNet:
             hits = [h for h in hits if h >= 0]
             return min(hits) if hits else -1
 
+        record: List[Any] = []
         try:
+            job = self._start(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                              stop_token_ids=sorted(stop_ids), record=record)
             for t in _job_tokens(job, poll_ms):
                 if t in stop_ids:
                     break          # the job ends here too: a stop token is its last token
@@ -676,9 +687,7 @@ class BitNet:
             if pending:
                 yield pending
         finally:
-            if not job.done:
-                job.abort()
-                job.wait(-1)
+            _abort_unfinished(record)
 
     def generate_text(
         self,

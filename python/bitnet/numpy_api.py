@@ -10,7 +10,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from ._tokens import as_token_array, check_count, check_sampling, check_stop_tokens
-from .core import BitNet
+from .core import BitNet, _abort_unfinished
 from .errors import BitNetValueError, ErrorCode
 
 __all__ = [
@@ -219,9 +219,10 @@ class BitNetStream:
         stops = None if stop_token_id is None else [check_count(stop_token_id, "stop_token_id", 0)]
         if "stop_token_ids" in sampling:
             raise TypeError("generate() takes stop_token_id (one id), not stop_token_ids")
-        job = self._bn._start(tokens, max_tokens, stop_token_ids=stops, **sampling)
         seen = 0
+        record: List[Any] = []
         try:
+            job = self._bn._start(tokens, max_tokens, stop_token_ids=stops, record=record, **sampling)
             while True:
                 n = job.wait_for_tokens(seen + 1, poll_ms)
                 if n > seen:
@@ -234,6 +235,4 @@ class BitNetStream:
                     break
             self._bn._report_job_error(job)
         finally:
-            if not job.done:
-                job.abort()
-                job.wait(-1)
+            _abort_unfinished(record)

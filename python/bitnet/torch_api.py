@@ -51,7 +51,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ._tokens import check_count, check_float, check_sampling, check_stop_tokens
-from .core import BitNet
+from .core import BitNet, _run_interruptibly
 from .errors import BitNetFileNotFoundError, BitNetValueError, ErrorCode
 
 __all__ = [
@@ -1498,10 +1498,15 @@ class BitNetModule(nn.Module):
         bn._config()
         t, k, p, s = check_sampling(temperature, top_k, top_p, seed)
         stop_list = check_stop_tokens(stops, bn._stop_default)
-        job = bn._dev.submit(rows, max_new, t, k, p, s, stop_list)
-        bn._job = job
-        bn._job_error_reported = False
-        job.wait(-1)
+
+        def start(record: List[Any]) -> Any:
+            job = bn._dev.submit(rows, max_new, t, k, p, s, stop_list, record)
+            bn._job = job
+            bn._job_error_reported = False
+            return job
+
+        # Waits in short slices (Ctrl-C aborts the job) and never orphans it (_run_interruptibly).
+        job = _run_interruptibly(start)
         bn._report_job_error(job)
         return [job.tokens(i) for i in range(len(rows))]
 
