@@ -226,6 +226,15 @@ def test_exit_status_is_documented_and_usage_errors_exit_1(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "x", "-o", "y", "--type", "q4_0"])
     assert e.value.code == 1
+    # The module entry point follows the same scheme.
+    from bitnet.convert import main as convert_main
+
+    with pytest.raises(SystemExit) as e:
+        convert_main(["x", "--type", "q4_0"])
+    assert e.value.code == 1
+    with pytest.raises(SystemExit) as e:
+        convert_main(["--help"])
+    assert e.value.code == 0 and "exit status:" in capsys.readouterr().out
 
 
 def test_progress_default_follows_whether_stderr_is_a_terminal(monkeypatch):

@@ -960,7 +960,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m bitnet.convert HF_DIR -o OUT.gguf --type ...``"""
-    parser = argparse.ArgumentParser(prog="bitnet convert", description="Convert a Hugging Face BitNet checkpoint to GGUF.")
+    from .cli import EXIT_STATUS, _Parser   # usage errors exit 1 here too, as under `bitnet convert`
+
+    parser = _Parser(prog="bitnet convert", description="Convert a Hugging Face BitNet checkpoint to GGUF.",
+                     epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
