@@ -8,6 +8,18 @@
 #include <limits>
 #include <mutex>
 
+// Host loops that run every layer (attention, norms, activation quantisation) are compiled
+// for AVX-512, AVX2 and baseline x86-64 and picked at load time (GCC/Clang function
+// multi-versioning). Every version does the same IEEE operations per element and per lane
+// (the build has -ffp-contract=off, and reductions keep their written partial sums), so the
+// results are bit-identical whichever runs; only the vector width changes.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(BITNET_NO_CLONES)
+#define BITNET_HOST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BITNET_HOST_CLONES
+#endif
+
 namespace bitnet {
 
 namespace {
@@ -21,7 +33,7 @@ inline float round_half_even_small(float v) {
 }
 }  // namespace
 
-float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
+BITNET_HOST_CLONES float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
     // max is exact, so 8 partial maxima (independent chains) give the same amax; NaNs are
     // skipped as std::max(amax, NaN) skips them.
     float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -45,7 +57,7 @@ float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
     return s;
 }
 
-void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
+BITNET_HOST_CLONES void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
     // Squares summed in double (docs/NUMERICS.md): four partial sums, then (s0 + s1) + (s2 + s3).
     double p[4] = {0.0, 0.0, 0.0, 0.0};
     int64_t i = 0;
@@ -61,7 +73,7 @@ void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
 // g[i] = act(g[i]) * u[i]. ReLU² is written branch-free so that it vectorises (`g > 0 ? g : 0`
 // maps NaN to 0, as before): the branchy loop
 // mispredicted on every other element and cost ~1 ms per decoded token on a 2B model.
-void gated_activation(Activation act, float* __restrict g, const float* __restrict u, int64_t n) {
+BITNET_HOST_CLONES void gated_activation(Activation act, float* __restrict g, const float* __restrict u, int64_t n) {
     if (act == Activation::RELU2) {
         for (int64_t i = 0; i < n; ++i) {
             // rl = g > 0 ? g : 0 as a bit mask (GCC keeps the float select as a branch).
@@ -122,7 +134,7 @@ namespace {
 
 // softmax(q . K^T * scale) V for one query head against positions [0, n_ctx) of a cache.
 // Scores use the kernels' ordered fp32 dot (docs/NUMERICS.md), the rest is elementwise.
-void attend_head(const sim::KernelTable& kt, const float* qh, const KVCache& cache, int64_t layer, int64_t kvh,
+BITNET_HOST_CLONES void attend_head(const sim::KernelTable& kt, const float* qh, const KVCache& cache, int64_t layer, int64_t kvh,
                  int64_t hd, int64_t n_ctx, float scale, float* score, float* oh) {
     kt.dot_f32(cache.k[layer].data() + kvh * hd, cache.kv_dim, n_ctx, qh, hd, score);
     float mx = -std::numeric_limits<float>::infinity();
@@ -135,11 +147,29 @@ void attend_head(const sim::KernelTable& kt, const float* qh, const KVCache& cac
         score[t] = std::exp(score[t] - mx);
         sum += score[t];
     }
-    std::fill(oh, oh + hd, 0.0f);
-    for (int64_t t = 0; t < n_ctx; ++t) {
-        const float p = score[t] / sum;
-        const float* vt = cache.v[layer].data() + t * cache.kv_dim + kvh * hd;
-        for (int64_t d = 0; d < hd; ++d) oh[d] = oh[d] + p * vt[d];
+    for (int64_t t = 0; t < n_ctx; ++t) score[t] = score[t] / sum;
+    // o[d] = sum_t p_t v_t[d] in position order, 64 columns at a time held in registers
+    // across the positions (not re-loaded and re-stored for every position).
+    const float* v0 = cache.v[layer].data() + kvh * hd;
+    const int64_t ldv = cache.kv_dim;
+    constexpr int64_t kCols = 64;
+    for (int64_t d0 = 0; d0 < hd; d0 += kCols) {
+        const int64_t nd = std::min(kCols, hd - d0);
+        float acc[kCols] = {};
+        if (nd == kCols) {
+            for (int64_t t = 0; t < n_ctx; ++t) {
+                const float p = score[t];
+                const float* __restrict vt = v0 + t * ldv + d0;
+                for (int64_t d = 0; d < kCols; ++d) acc[d] = acc[d] + p * vt[d];
+            }
+        } else {
+            for (int64_t t = 0; t < n_ctx; ++t) {
+                const float p = score[t];
+                const float* __restrict vt = v0 + t * ldv + d0;
+                for (int64_t d = 0; d < nd; ++d) acc[d] = acc[d] + p * vt[d];
+            }
+        }
+        std::copy(acc, acc + nd, oh + d0);
     }
 }
 
