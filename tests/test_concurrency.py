@@ -145,7 +145,10 @@ def test_wait_timeouts(model):
         assert bn.status.state == "IDLE"
 
 
-def test_keyboard_interrupt_during_blocking_inference(model, tmp_path):
+def test_keyboard_interrupt_during_blocking_inference(tmp_path):
+    # A "small" model and 1000 tokens: long enough that the signal lands during the call (the
+    # tiny model's 500 tokens finish in under 50 ms).
+    model = str(make_random_model(tmp_path / "small.gguf", preset="small", seed=9))
     script = tmp_path / "ctrlc.py"
     script.write_text(f"""
 import sys, time
@@ -154,7 +157,7 @@ bn = bitnet.BitNet("sim", n_threads=1)
 bn.load_weights({model!r})
 print("READY", flush=True)
 try:
-    bn.inference([1, 2, 3], max_output=500, stop_token_ids=[])
+    bn.inference([1, 2, 3], max_output=1000, stop_token_ids=[])
     print("FINISHED", flush=True)
 except KeyboardInterrupt:
     print("INTERRUPTED", bn.status.state, bn.is_busy, len(bn.get_output()), flush=True)
