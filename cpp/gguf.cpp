@@ -543,11 +543,13 @@ GGUFFile::~GGUFFile() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-void GGUFFile::release_pages(const GGUFTensor& t) const {
-    if (!base_ || !t.data || t.nbytes == 0) return;
+void GGUFFile::release_pages(const GGUFTensor& t) const { release_range(t.data, t.nbytes); }
+
+void GGUFFile::release_range(const uint8_t* p, size_t n) const {
+    if (!base_ || !p || n == 0 || p < base_ || p + n > base_ + size_) return;
     const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
     if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 

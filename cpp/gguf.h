@@ -121,6 +121,8 @@ public:
     // resident set and are read again from the file if touched. Used after a tensor was
     // copied to the card.
     void release_pages(const GGUFTensor& t) const;
+    // The same for the bytes [p, p + n) of a tensor's data (p inside the mapping).
+    void release_range(const uint8_t* p, size_t n) const;
     const GGUFTensor* tensor(const std::string& name) const;   // nullptr if absent
 
 private:

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "log.h"
 #include "quant.h"
@@ -19,7 +20,7 @@ const char* proj_tensor_name(int proj) {
 }
 
 void HostMatrix::row(int64_t r, float* out) const {
-    dequantize_row(tensor->type, tensor->data + static_cast<size_t>(r) * row_bytes, out, cols);
+    dequantize_row(tensor->type, data + static_cast<size_t>(r) * row_bytes, out, cols);
 }
 
 namespace {
@@ -199,6 +200,7 @@ void Model::load_weights(Transport& card) {
                            "; embeddings and output heads must be F32, F16, BF16, Q8_0, Q4_0 or Q6_K");
         HostMatrix m;
         m.tensor = t;
+        m.data = t->data;
         m.rows = t->ne[1];
         m.cols = t->ne[0];
         m.row_bytes = t->nbytes / static_cast<size_t>(t->ne[1]);
@@ -213,6 +215,21 @@ void Model::load_weights(Transport& card) {
             bad(path_, "tensor 'output.weight' must have shape [" + std::to_string(c.n_vocab) + ", " +
                            std::to_string(c.n_embd) + "]");
         output_ = host_matrix(out, "output.weight");
+    }
+    {   // Copy the head out of the mapping in 64 MiB pieces, each piece's file pages released
+        // once copied (resident memory grows by at most one piece meanwhile).
+        const size_t n = output_.tensor->nbytes;
+        auto buf = std::make_shared<std::vector<uint8_t, sim::SlotAllocator<uint8_t>>>();
+        buf->resize(n);
+        constexpr size_t kPiece = size_t(64) << 20;
+        for (size_t o = 0; o < n; o += kPiece) {
+            const size_t len = std::min(kPiece, n - o);
+            std::memcpy(buf->data() + o, output_.tensor->data + o, len);
+            file_->release_range(output_.tensor->data + o, len);
+        }
+        output_.data = buf->data();
+        output_.copy = std::move(buf);
+        if (c.tied_output) embd_ = output_;
     }
     output_norm_ = load_vector("output_norm.weight", c.n_embd, true);
 

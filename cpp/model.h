@@ -57,9 +57,14 @@ const char* proj_tensor_name(int proj);   // "attn_q", ...
 // demand so that the file's own (possibly compact) format stays the only copy in memory.
 struct HostMatrix {
     const GGUFTensor* tensor = nullptr;
+    const uint8_t* data = nullptr;           // the rows: in the file mapping, or in `copy`
     int64_t rows = 0;
     int64_t cols = 0;
     size_t row_bytes = 0;
+    // The output head is the largest read of every decode step: it is copied out of the file
+    // mapping into huge-page memory at load (the 4 KiB page walks of the mapping cost ~7% of
+    // the head's bandwidth), shared by the tied embedding.
+    std::shared_ptr<const std::vector<uint8_t, sim::SlotAllocator<uint8_t>>> copy;
     void row(int64_t r, float* out) const;   // dequantize row r into out[cols]
 };
 

@@ -304,7 +304,7 @@ void Engine::exact_logit_rows(const float* h, const int64_t* ids, int64_t n, flo
     std::vector<float> erow(static_cast<size_t>(D));
     for (int64_t i = 0; i < n; ++i) {
         if (head.tensor->type == TensorType::F16) {
-            kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.tensor->data) + ids[i] * D, D, 1, h, D, 1, D, out + i, 1);
+            kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.data) + ids[i] * D, D, 1, h, D, 1, D, out + i, 1);
         } else {
             head.row(ids[i], erow.data());
             kernels_->dot_f32(erow.data(), D, 1, h, D, out + i);
@@ -450,7 +450,7 @@ void Engine::output_head(const float* h, int64_t W, float* logits) {
     if (f16) {
         // F16 rows straight from the file (the common case: 2B-4T's tied embedding). Every row
         // is read once for all W hidden states.
-        const uint16_t* rows = reinterpret_cast<const uint16_t*>(out.tensor->data);
+        const uint16_t* rows = reinterpret_cast<const uint16_t*>(out.data);
         pool_->parallel_for(V, 256, [&](int64_t v0, int64_t v1) {
             kernels_->dot_f16(rows + v0 * D, D, v1 - v0, h, D, W, D, logits + v0, V);
         });
