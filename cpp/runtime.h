@@ -66,7 +66,7 @@ struct ForwardRow {
 // exact head's argmax.
 struct CompactHead {
     int64_t rows = 0, cols = 0;
-    std::vector<int8_t> q;         // [rows, cols], |q| <= 127
+    std::vector<int8_t, sim::SlotAllocator<int8_t>> q;   // [rows, cols], |q| <= 127; huge pages (read every step)
     std::vector<float> scale;      // s_v: E_v ~= s_v * q_v
     // The two per-row factors of the error bound (forward_argmax):
     //     bound_v = c_h[v] * |h| + c_d[v] * |h - h8 / s_h|
