@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .timing import measure_generation
+from .timing import machine_read_bandwidth, measure_generation
 
 __all__ = ["BenchResult", "DecodeInfo", "add_arguments", "bench_bitnet", "bench_llama_cpp", "cpu_features", "format_table", "main"]
 
@@ -267,10 +267,10 @@ def main(args: argparse.Namespace) -> int:
         if args.vs == "llama.cpp":
             results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps)
         if args.bandwidth:
-            bandwidth[threads] = float(_core._read_bandwidth(1 << 30, threads, 3))
+            bandwidth[threads] = machine_read_bandwidth(1 << 30, threads, 3)
     print(format_table(args.model, results))
     if decode:
         print(_decode_report(decode, bandwidth))
     for threads, bw in bandwidth.items():
-        print(f"machine read bandwidth ({threads} threads, widest loads): {bw:.1f} GB/s")
+        print(f"machine read bandwidth ({threads} threads, best load width, huge pages): {bw:.1f} GB/s")
     return 0

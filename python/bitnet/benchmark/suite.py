@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
-from .timing import GenerationTiming, measure_generation
+from .timing import GenerationTiming, machine_read_bandwidth, measure_generation
 
 if TYPE_CHECKING:   # pragma: no cover
     from ..core import BitNet
@@ -255,7 +255,7 @@ class MemoryResult:
     total_decode_bandwidth_gbps: float = _f("GB/s", "(decode_weight_bytes_per_token + head_bytes_per_token) * "
                                                     "decode_tokens_per_s / 1e9")
     machine_read_bandwidth_gbps: float = _f("GB/s", "best read bandwidth of a bandwidth_mib buffer with the "
-                                                    "device's thread count (bitnet._core._read_bandwidth)")
+                                                    "device's thread count, best load width (timing.machine_read_bandwidth)")
     bandwidth_utilization: float = _f("fraction", "total_decode_bandwidth_gbps / machine_read_bandwidth_gbps")
     card_decode_tokens_per_s: float = _f("tokens/s", "clock / card cycles per decode step (card counters)")
     card_decode_bandwidth_gbps: float = _f("GB/s", "decode_weight_bytes_per_token * card_decode_tokens_per_s / 1e9")
@@ -497,7 +497,7 @@ class BenchmarkRunner:
             bytes_per_token = (full["weight_bytes_read"] - prefill.counters["weight_bytes_read"]) / steps
             cycles_per_token = (full["total_cycles"] - prefill.counters["total_cycles"]) / steps
             peak = peak_rss_bytes()   # before the probe below allocates its buffer
-            machine = float(_core._read_bandwidth(cfg.bandwidth_mib << 20, int(card["n_threads"]), 3))
+            machine = machine_read_bandwidth(cfg.bandwidth_mib << 20, int(card["n_threads"]), 3)
             load = self._load
         decode_tps = statistics.fmean([t.decode_tokens_per_s for t in runs])
         achieved = bytes_per_token * decode_tps / 1e9

@@ -109,3 +109,13 @@ def measure_generation(bn: "BitNet", rows: Sequence[np.ndarray], n_gen: int) -> 
         seconds=float(job.seconds), token_seconds=times, counters=counters,
         card_seconds=float(after["last_job_card_seconds"]),
     )
+
+
+def machine_read_bandwidth(nbytes: int, threads: int, reps: int = 3) -> float:
+    """The machine's read bandwidth in GB/s: the best of every available kernel's load width
+    (``bitnet._core._read_bandwidth``; on some CPUs 256-bit loads stream faster than 512-bit
+    ones), over ``nbytes`` of weight-slot memory with ``threads`` threads. The decode bound."""
+    from .. import _core
+
+    return max(float(_core._read_bandwidth(int(nbytes), int(threads), int(reps), k))
+               for k in _core.available_kernels())
