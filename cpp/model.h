@@ -54,7 +54,8 @@ enum Proj { PROJ_Q = 0, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, P
 const char* proj_tensor_name(int proj);   // "attn_q", ...
 
 // A float matrix stored as a GGUF tensor (embedding / output head): rows are dequantized on
-// demand so that the file's own (possibly compact) format stays the only copy in memory.
+// demand so that the file's own (possibly compact) format stays the only copy in memory (the
+// output head's copy below replaces the file's pages, which are released).
 struct HostMatrix {
     const GGUFTensor* tensor = nullptr;
     const uint8_t* data = nullptr;           // the rows: in the file mapping, or in `copy`

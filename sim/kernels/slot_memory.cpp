@@ -1,9 +1,10 @@
 // slot_memory.cpp: the simulated card's weight memory, as host memory that streams well.
 //
 // Decode reads every weight slot once per token, eight rows at a time (tile_masked<8, 1>),
-// so the GEMV touches a new 4 KiB page every few hundred bytes of each row stream. With 4 KiB
-// pages the page walks cost about 7% of the ternary pass on a 2B model (A/B on the 2B-4T
-// shape, 2 threads); on transparent huge pages they nearly vanish. Slots are small (0.4-4.4
+// so the GEMV touches a new 4 KiB page every few hundred bytes of each row stream. On 4 KiB
+// pages the ternary pass of a 2B-4T-shaped model took 27.0 ms per token, on transparent huge
+// pages 23.2 (A/B, 2 threads). The output head and the fast head's int8 copy live here too.
+// Slots are small (0.4-4.4
 // MB on 2B-4T, 210 of them), so giving each its own 2 MiB-rounded block would waste ~12% of
 // the model; instead slots are carved one after another out of 64 MiB chunks that are 2 MiB
 // aligned and advised MADV_HUGEPAGE before they are first touched.
