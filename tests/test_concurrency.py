@@ -216,24 +216,24 @@ def test_wait_timeouts_repeated(model, expected):
             assert bn.status.state == "IDLE" and not bn.is_busy
 
 
-def test_keyboard_interrupt_repeated(model, tmp_path):
-    # 100 real SIGINTs, each during a blocking inference (sent at varying moments): the call
-    # raises KeyboardInterrupt, the device is IDLE and not busy, and the next inference is exact.
-    script = tmp_path / "ctrlc100.py"
+def _ctrl_c_rounds(tmp_path, name, setup, call, rounds, delay):
+    """Run ``call`` ``rounds`` times in a subprocess, each time with a real SIGINT sent after
+    ``delay(r)`` seconds (``setup`` defines ``bn``, the BitNet handle). Returns (interrupted,
+    finished before the signal, bad), where bad counts rounds after which the device was not
+    IDLE, was busy, or the next inference was not exact."""
+    script = tmp_path / f"{name}.py"
     script.write_text(f"""
 import os, signal, threading, time
-import bitnet
-bn = bitnet.BitNet("sim", n_threads=1)
-bn.load_weights({model!r})
+{setup}
 ref = bn.inference([1, 2], 3, stop_token_ids=[]).tolist()
 interrupted = finished = bad = 0
-for r in range(100):
-    timer = threading.Timer(0.002 + 0.0003 * (r % 20), os.kill, (os.getpid(), signal.SIGINT))
+for r in range({rounds}):
+    timer = threading.Timer({delay}, os.kill, (os.getpid(), signal.SIGINT))
     done = False
     try:
         try:
             timer.start()
-            bn.inference([1, 2, 3], max_output=400, stop_token_ids=[])
+            {call}
             done = True
         finally:
             timer.join()
@@ -250,6 +250,15 @@ print("RESULT", interrupted, finished, bad, flush=True)
     assert out.returncode == 0, out.stderr[-2000:]
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1].split()
     interrupted, finished, bad = map(int, line[1:])
+    return interrupted, finished, bad
+
+
+def test_keyboard_interrupt_repeated(model, tmp_path):
+    # 100 real SIGINTs, each during a blocking inference (sent at varying moments): the call
+    # raises KeyboardInterrupt, the device is IDLE and not busy, and the next inference is exact.
+    interrupted, finished, bad = _ctrl_c_rounds(
+        tmp_path, "ctrlc100", f"import bitnet\nbn = bitnet.BitNet('sim', n_threads=1)\nbn.load_weights({model!r})",
+        "bn.inference([1, 2, 3], max_output=400, stop_token_ids=[])", 100, "0.002 + 0.0003 * (r % 20)")
     print(f"Ctrl-C x100: {interrupted} interrupted, {finished} finished before the signal, {bad} bad")
     assert bad == 0 and interrupted + finished == 100 and interrupted >= 50
 
@@ -272,35 +281,8 @@ def test_keyboard_interrupt_in_generators_and_torch(model, tmp_path, kind):
     if kind == "torch":
         pytest.importorskip("torch")
     setup, call = _CTRL_C_CALLS[kind]
-    script = tmp_path / f"ctrlc_{kind}.py"
-    script.write_text(f"""
-import os, signal, threading, time
-{setup.format(model=model)}
-ref = bn.inference([1, 2], 3, stop_token_ids=[]).tolist()
-interrupted = finished = bad = 0
-for r in range(30):
-    timer = threading.Timer(0.003 + 0.0005 * (r % 10), os.kill, (os.getpid(), signal.SIGINT))
-    done = False
-    try:
-        try:
-            timer.start()
-            {call}
-            done = True
-        finally:
-            timer.join()
-            time.sleep(0.01)
-    except KeyboardInterrupt:
-        pass
-    finished += done
-    interrupted += not done
-    if bn.status.state != "IDLE" or bn.is_busy or bn.inference([1, 2], 3, stop_token_ids=[]).tolist() != ref:
-        bad += 1
-print("RESULT", interrupted, finished, bad, flush=True)
-""")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1].split()
-    interrupted, finished, bad = map(int, line[1:])
+    interrupted, finished, bad = _ctrl_c_rounds(tmp_path, f"ctrlc_{kind}", setup.format(model=model), call, 30,
+                                                "0.003 + 0.0005 * (r % 10)")
     assert bad == 0 and interrupted + finished == 30 and interrupted >= 10, (interrupted, finished, bad)
 
 
