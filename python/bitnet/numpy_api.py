@@ -10,7 +10,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from ._tokens import as_token_array, check_count, check_sampling, check_stop_tokens
-from .core import BitNet, _abort_unfinished
+from .core import BitNet, _abort_unfinished, _job_tokens
 from .errors import BitNetValueError, ErrorCode
 
 __all__ = [
@@ -219,20 +219,10 @@ class BitNetStream:
         stops = None if stop_token_id is None else [check_count(stop_token_id, "stop_token_id", 0)]
         if "stop_token_ids" in sampling:
             raise TypeError("generate() takes stop_token_id (one id), not stop_token_ids")
-        seen = 0
         record: List[Any] = []
         try:
             job = self._bn._start(tokens, max_tokens, stop_token_ids=stops, record=record, **sampling)
-            while True:
-                n = job.wait_for_tokens(seen + 1, poll_ms)
-                if n > seen:
-                    # tokens_from may return more than n: more can arrive between the two calls.
-                    new = job.tokens_from(seen).tolist()
-                    for t in new:
-                        yield int(t)
-                    seen += len(new)
-                elif job.done:
-                    break
+            yield from _job_tokens(job, poll_ms)
             self._bn._report_job_error(job)
         finally:
             _abort_unfinished(record)

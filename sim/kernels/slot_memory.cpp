@@ -4,10 +4,9 @@
 // so the GEMV touches a new 4 KiB page every few hundred bytes of each row stream. On 4 KiB
 // pages the ternary pass of a 2B-4T-shaped model took 27.0 ms per token, on transparent huge
 // pages 23.2 (A/B, 2 threads). The output head and the fast head's int8 copy live here too.
-// Slots are small (0.4-4.4
-// MB on 2B-4T, 210 of them), so giving each its own 2 MiB-rounded block would waste ~12% of
-// the model; instead slots are carved one after another out of 64 MiB chunks that are 2 MiB
-// aligned and advised MADV_HUGEPAGE before they are first touched.
+// Slots are small (0.4-4.4 MB on 2B-4T, 210 of them), so giving each its own 2 MiB-rounded
+// block would waste ~12% of the model; instead slots are carved one after another out of
+// 64 MiB chunks that are 2 MiB aligned and advised MADV_HUGEPAGE before they are first touched.
 //
 // Freeing: a chunk is unmapped when its last slot is freed; a hole in a live chunk is given
 // back to the OS (MADV_DONTNEED on its whole pages) but not reused, which is enough for the
