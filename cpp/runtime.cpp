@@ -110,21 +110,30 @@ Engine::Engine(const Model& model, Transport& card, ThreadPool* pool)
     }
 }
 
-void Engine::rope(float* q, int64_t n_q, float* k, int64_t n_k, int64_t pos) const {
+void Engine::rope_table(int64_t pos, float* cs) const {
     const ModelConfig& c = model_.config();
     const int64_t half = c.rope_dim / 2;
     const float p = static_cast<float>(pos) * c.rope_freq_scale;
     for (int64_t i = 0; i < half; ++i) {
         const float angle = p * inv_freq_[static_cast<size_t>(i)];
-        const float cs = std::cos(angle), sn = std::sin(angle);
-        // NEOX pairs element i with i + half; NORM pairs 2i with 2i + 1.
-        const int64_t i0 = c.rope_style == RopeStyle::NEOX ? i : 2 * i;
-        const int64_t i1 = c.rope_style == RopeStyle::NEOX ? i + half : 2 * i + 1;
-        for (int64_t h = 0; h < n_q + n_k; ++h) {
-            float* v = h < n_q ? q + h * c.head_dim : k + (h - n_q) * c.head_dim;
+        cs[2 * i] = std::cos(angle);
+        cs[2 * i + 1] = std::sin(angle);
+    }
+}
+
+void Engine::rope(float* q, int64_t n_q, float* k, int64_t n_k, const float* cs) const {
+    const ModelConfig& c = model_.config();
+    const int64_t half = c.rope_dim / 2;
+    // NEOX pairs element i with i + half; NORM pairs 2i with 2i + 1.
+    const bool neox = c.rope_style == RopeStyle::NEOX;
+    for (int64_t h = 0; h < n_q + n_k; ++h) {
+        float* v = h < n_q ? q + h * c.head_dim : k + (h - n_q) * c.head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+            const float cos_i = cs[2 * i], sin_i = cs[2 * i + 1];
+            const int64_t i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
             const float a = v[i0], b = v[i1];
-            v[i0] = a * cs + (-b) * sn;
-            v[i1] = b * cs + a * sn;
+            v[i0] = a * cos_i + (-b) * sin_i;
+            v[i1] = b * cos_i + a * sin_i;
         }
     }
 }
@@ -226,6 +235,10 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
     std::vector<float> G(static_cast<size_t>(R * F)), U(static_cast<size_t>(R * F));
 
     for (int64_t r = 0; r < R; ++r) model_.embedding().row(rows[r].token, x.data() + r * D);
+    // Each row's RoPE cos/sin pairs, computed once for all layers.
+    const int64_t rope_n = c.rope_dim;   // even (checked at load)
+    std::vector<float> rope_cs(static_cast<size_t>(R * rope_n));
+    for (int64_t r = 0; r < R; ++r) rope_table(rows[r].pos, rope_cs.data() + r * rope_n);
 
     // Normalise [R, n] rows of `in` with weight w (or copy if w is empty), then quantise.
     auto norm_quant = [&](const float* in, const std::vector<float>* w, int64_t n) {
@@ -251,11 +264,14 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
         // --- attention ---
         norm_quant(x.data(), &L.attn_norm, D);
         card_matmul(q8.data(), sx.data(), R, D, {{L.slot[PROJ_Q], Q.data()}, {L.slot[PROJ_K], K.data()}, {L.slot[PROJ_V], V.data()}});
-        for (int64_t r = 0; r < R; ++r) {
-            rope(Q.data() + r * QD, c.n_head, K.data() + r * KVD, c.n_head_kv, rows[r].pos);
-            std::copy(K.data() + r * KVD, K.data() + (r + 1) * KVD, rows[r].cache->k_at(l, rows[r].pos));
-            std::copy(V.data() + r * KVD, V.data() + (r + 1) * KVD, rows[r].cache->v_at(l, rows[r].pos));
-        }
+        // Rows in parallel (rows of one sequence write different cache positions).
+        pool_->parallel_for(R, 1, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+                rope(Q.data() + r * QD, c.n_head, K.data() + r * KVD, c.n_head_kv, rope_cs.data() + r * rope_n);
+                std::copy(K.data() + r * KVD, K.data() + (r + 1) * KVD, rows[r].cache->k_at(l, rows[r].pos));
+                std::copy(V.data() + r * KVD, V.data() + (r + 1) * KVD, rows[r].cache->v_at(l, rows[r].pos));
+            }
+        });
         // Attention, parallel over (row, head) pairs.
         {
             const int64_t hd = c.head_dim, group = c.n_head / c.n_head_kv;
