@@ -181,7 +181,7 @@ void dot_tile(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, int64_
         // and a batch's first pass over the rows needs them too (the hardware prefetcher alone
         // fed 5 GB/s of rows from memory to 4 x 4 tiles that run at 9 from cache).
         if (kPrefetch && (i & 31) == 0)
-            for (int r = 0; r < RB; ++r) _mm_prefetch(reinterpret_cast<const char*>(e + (RB + r) * ld + i), (XB == 1 ? _MM_HINT_T0 : _MM_HINT_T1));
+            for (int r = 0; r < RB; ++r) _mm_prefetch(reinterpret_cast<const char*>(e + (RB + r) * ld + i), _MM_HINT_T0);
         __m512 ev[RB];
         for (int r = 0; r < RB; ++r)
             ev[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + r * ld + i)));
