@@ -158,7 +158,8 @@ def test_batch_rows_equal_single_rows_and_run_as_one_batch(model_path, device):
     from bitnet import bitnet_batch_inference
 
     rng = np.random.default_rng(5)
-    prompts = [rng.integers(1, 4096, size=n).tolist() for n in (3, 9, 1, 20, 5, 12, 7, 2)]
+    # Lengths past the attention blocks (8 prompt rows, 32 cache positions) and below them.
+    prompts = [rng.integers(1, 4096, size=n).tolist() for n in (3, 9, 1, 70, 5, 12, 7, 40)]
     with BitNet(device) as bn:
         bn.load_weights(model_path)
         singles = [bn.inference(p, max_output=24, stop_token_ids=[]) for p in prompts]
