@@ -282,24 +282,41 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
 
     // Attention tasks (the same for every layer): runs of rows of one sequence at consecutive
     // positions, cut into blocks of up to 8 rows, times the kv heads; a task takes all the query
-    // heads of its kv head, so it reads that head's K and V once. (Splitting the query heads into
-    // more tasks balances a one-sequence decode step across threads better but reads K and V once
-    // per split: at 2000 positions, 90-93 ms per token against 84-85 unsplit; no difference at 16.)
+    // heads of its kv head, so it reads that head's K and V once. (Splitting every group of query
+    // heads into more tasks balanced a one-sequence decode step better but read K and V once per
+    // split: at 2000 positions, 90-93 ms per token against 84-85 unsplit.) When there are few
+    // tasks and they do not divide evenly among the threads (one sequence: 5 kv heads on 2
+    // threads), only the last few groups are halved, so that every thread gets the same work.
     struct AttnTask {
-        int64_t r0, r1, kvh;
+        int64_t r0, r1, kvh, h0, h1;
     };
     std::vector<int64_t> row_pos(static_cast<size_t>(R));
     for (int64_t r = 0; r < R; ++r) row_pos[static_cast<size_t>(r)] = rows[static_cast<size_t>(r)].pos;
     std::vector<AttnTask> attn_tasks;
     {
         constexpr int64_t kRowBlock = 8;
+        const int64_t group = c.n_head / c.n_head_kv;
         for (int64_t r = 0; r < R;) {
             int64_t e = r + 1;
             while (e < R && e - r < kRowBlock && rows[static_cast<size_t>(e)].cache == rows[static_cast<size_t>(r)].cache &&
                    rows[static_cast<size_t>(e)].pos == rows[static_cast<size_t>(e - 1)].pos + 1)
                 ++e;
-            for (int64_t kvh = 0; kvh < c.n_head_kv; ++kvh) attn_tasks.push_back({r, e, kvh});
+            for (int64_t kvh = 0; kvh < c.n_head_kv; ++kvh) attn_tasks.push_back({r, e, kvh, kvh * group, (kvh + 1) * group});
             r = e;
+        }
+        const int64_t threads = std::max(1, pool_->size()), units = static_cast<int64_t>(attn_tasks.size());
+        if (group > 1 && units < 4 * threads && units % threads != 0) {
+            // Halve the last (threads - units % threads) tasks; halves go last, after the whole ones.
+            const int64_t k = std::min(units, threads - units % threads);
+            std::vector<AttnTask> halves;
+            for (int64_t i = units - k; i < units; ++i) {
+                AttnTask t = attn_tasks[static_cast<size_t>(i)];
+                const int64_t mid = t.h0 + group / 2;
+                halves.push_back({t.r0, t.r1, t.kvh, t.h0, mid});
+                halves.push_back({t.r0, t.r1, t.kvh, mid, t.h1});
+            }
+            attn_tasks.resize(static_cast<size_t>(units - k));
+            attn_tasks.insert(attn_tasks.end(), halves.begin(), halves.end());
         }
     }
 
@@ -337,18 +354,17 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
         });
         // Attention: tasks of (rows of one sequence, kv head, its query heads), in parallel.
         {
-            const int64_t hd = c.head_dim, group = c.n_head / c.n_head_kv;
+            const int64_t hd = c.head_dim;
             const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
             pool_->parallel_for(static_cast<int64_t>(attn_tasks.size()), 1, [&](int64_t begin, int64_t end) {
                 thread_local std::vector<float> score, acc;
                 for (int64_t i = begin; i < end; ++i) {
                     const AttnTask& t = attn_tasks[static_cast<size_t>(i)];
-                    const int64_t nq = (t.r1 - t.r0) * group;
+                    const int64_t nq = (t.r1 - t.r0) * (t.h1 - t.h0);
                     score.resize(static_cast<size_t>(nq * (row_pos[static_cast<size_t>(t.r1 - 1)] + 1)));
                     acc.resize(static_cast<size_t>(nq * hd));
-                    attend_group(*kernels_, Q.data(), QD, *rows[static_cast<size_t>(t.r0)].cache, l, t.kvh, t.kvh * group,
-                                 (t.kvh + 1) * group, hd, row_pos.data(), t.r0, t.r1, scale, score.data(), acc.data(),
-                                 O.data());
+                    attend_group(*kernels_, Q.data(), QD, *rows[static_cast<size_t>(t.r0)].cache, l, t.kvh, t.h0, t.h1, hd,
+                                 row_pos.data(), t.r0, t.r1, scale, score.data(), acc.data(), O.data());
                 }
             });
         }
