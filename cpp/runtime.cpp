@@ -140,7 +140,7 @@ void Engine::rope(float* q, int64_t n_q, float* k, int64_t n_k, const float* cs)
 
 namespace {
 
-// One attention task: query heads [h0, h1) (all of kv head kvh's group) of rows [r0, r1) of one
+// One attention task: query heads [h0, h1) (of kv head kvh's group) of rows [r0, r1) of one
 // sequence, at consecutive positions pos[r0] < ... < pos[r1 - 1], against that sequence's cache.
 // For each (row, head): softmax(q . K^T * scale) V over positions [0, pos + 1). The cache's K
 // and V rows are walked in blocks of kBlock positions, and every query of the task uses a block
@@ -148,14 +148,14 @@ namespace {
 // (GQA: 4 heads share a kv head on 2B-4T) and per row (prefill). Per (row, head) the operations
 // and their order are those of docs/NUMERICS.md: each score is the kernels' ordered fp32 dot,
 // softmax subtracts the maximum, exp, sum in position order, divide; o += p_t * v_t in position
-// order (the running sums are kept in `acc` between blocks, so blocking changes no bits).
-// score: (r1 - r0) * (h1 - h0) rows of pos[r1 - 1] + 1 floats; acc: as many rows of hd floats.
+// order (the running sums stay in O's rows between blocks, so blocking changes no bits).
+// score: (r1 - r0) * (h1 - h0) rows of pos[r1 - 1] + 1 floats.
 BITNET_HOST_CLONES void attend_group(const sim::KernelTable& kt, const float* Q, int64_t QD, const KVCache& cache,
                                      int64_t layer, int64_t kvh, int64_t h0, int64_t h1, int64_t hd,
-                                     const int64_t* pos, int64_t r0, int64_t r1, float scale, float* score,
-                                     float* acc, float* O) {
+                                     const int64_t* pos, int64_t r0, int64_t r1, float scale, float* score, float* O) {
     constexpr int64_t kBlock = 32;
     const int64_t nh = h1 - h0, ctx = pos[r1 - 1] + 1, ld = cache.kv_dim;
+    auto scores_of = [&](int64_t r, int64_t h) { return score + ((r - r0) * nh + (h - h0)) * ctx; };
     const float* k0 = cache.k[layer].data() + kvh * hd;
     const float* v0 = cache.v[layer].data() + kvh * hd;
     // Scores, a block of K rows at a time.
@@ -165,12 +165,12 @@ BITNET_HOST_CLONES void attend_group(const sim::KernelTable& kt, const float* Q,
             if (t0 >= n) continue;
             const int64_t tn = std::min(kBlock, n - t0);
             for (int64_t h = h0; h < h1; ++h)
-                kt.dot_f32(k0 + t0 * ld, ld, tn, Q + r * QD + h * hd, hd, score + ((r - r0) * nh + (h - h0)) * ctx + t0);
+                kt.dot_f32(k0 + t0 * ld, ld, tn, Q + r * QD + h * hd, hd, scores_of(r, h) + t0);
         }
     // Softmax of each (row, head).
     for (int64_t r = r0; r < r1; ++r)
         for (int64_t h = h0; h < h1; ++h) {
-            float* sc = score + ((r - r0) * nh + (h - h0)) * ctx;
+            float* sc = scores_of(r, h);
             const int64_t n = pos[r] + 1;
             float mx = -std::numeric_limits<float>::infinity();
             for (int64_t t = 0; t < n; ++t) {
@@ -186,17 +186,16 @@ BITNET_HOST_CLONES void attend_group(const sim::KernelTable& kt, const float* Q,
         }
     // o[d] = sum_t p_t v_t[d] in position order, a block of V rows at a time; within a block, 64
     // columns are held in registers across the positions.
-    std::fill(acc, acc + (r1 - r0) * nh * hd, 0.0f);
+    for (int64_t r = r0; r < r1; ++r) std::fill(O + r * QD + h0 * hd, O + r * QD + h1 * hd, 0.0f);
     constexpr int64_t kCols = 64;
     for (int64_t t0 = 0; t0 < ctx; t0 += kBlock)
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t t1 = std::min(t0 + kBlock, pos[r] + 1);
             for (int64_t h = h0; h < h1; ++h) {
-                const int64_t j = (r - r0) * nh + (h - h0);
-                const float* sc = score + j * ctx;
+                const float* sc = scores_of(r, h);
                 for (int64_t d0 = 0; d0 < hd; d0 += kCols) {
                     const int64_t nd = std::min(kCols, hd - d0);
-                    float* __restrict o = acc + j * hd + d0;
+                    float* __restrict o = O + r * QD + h * hd + d0;
                     if (nd == kCols) {
                         float a[kCols];
                         for (int64_t d = 0; d < kCols; ++d) a[d] = o[d];
@@ -216,9 +215,6 @@ BITNET_HOST_CLONES void attend_group(const sim::KernelTable& kt, const float* Q,
                 }
             }
         }
-    for (int64_t r = r0; r < r1; ++r)
-        for (int64_t h = h0; h < h1; ++h)
-            std::copy(acc + ((r - r0) * nh + (h - h0)) * hd, acc + ((r - r0) * nh + (h - h0) + 1) * hd, O + r * QD + h * hd);
 }
 
 }  // namespace
@@ -357,14 +353,13 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
             const int64_t hd = c.head_dim;
             const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
             pool_->parallel_for(static_cast<int64_t>(attn_tasks.size()), 1, [&](int64_t begin, int64_t end) {
-                thread_local std::vector<float> score, acc;
+                thread_local std::vector<float> score;
                 for (int64_t i = begin; i < end; ++i) {
                     const AttnTask& t = attn_tasks[static_cast<size_t>(i)];
                     const int64_t nq = (t.r1 - t.r0) * (t.h1 - t.h0);
                     score.resize(static_cast<size_t>(nq * (row_pos[static_cast<size_t>(t.r1 - 1)] + 1)));
-                    acc.resize(static_cast<size_t>(nq * hd));
                     attend_group(*kernels_, Q.data(), QD, *rows[static_cast<size_t>(t.r0)].cache, l, t.kvh, t.h0, t.h1, hd,
-                                 row_pos.data(), t.r0, t.r1, scale, score.data(), acc.data(), O.data());
+                                 row_pos.data(), t.r0, t.r1, scale, score.data(), O.data());
                 }
             });
         }
