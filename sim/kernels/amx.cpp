@@ -144,12 +144,15 @@ void write_tiles(const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j, int6
     }
 }
 
+// Small batches' chunks of codes (gemm_small_batch): kChunk k-steps of 32 rows, in two buffers,
+// the second offset by 2 KiB more than the first's size so that the two do not alias modulo 4 KiB.
+constexpr int64_t kChunk = 4, kChunkBuf = 32 * kChunk * 64 + 2048;
+
 // Expands k-steps [st0, st0 + n) of rows [r0, r1) of the 32-row block at weight row j into a
 // chunk buffer (32 rows of kChunk * 64 bytes; rows past `rows`, the end of a partial block, get
 // code 1, t = 0). Each row also prefetches one line of the next block, which is contiguous: a
 // linear sweep of 32 lines per chunk, into L2 (L1 hints measured ~4% slower; two blocks ahead,
 // the same).
-template <int64_t kChunk>
 inline void expand_rows(const TernarySlot& s, int64_t j, int64_t rows, int64_t st0, int64_t n, uint8_t* codes,
                         int64_t r0, int64_t r1) {
     constexpr int64_t kLd = kChunk * 64;
@@ -162,12 +165,7 @@ inline void expand_rows(const TernarySlot& s, int64_t j, int64_t rows, int64_t s
     for (; r < real; ++r) {
         const uint8_t* p = src + r * s.row_bytes;
         _mm_prefetch(reinterpret_cast<const char*>(pf + r * 64), _MM_HINT_T1);
-        if (n == kChunk) {
-            for (int64_t g = 0; g < kChunk; ++g)
-                _mm512_store_si512(codes + r * kLd + g * 64, expand_group(p + g * 16, shifts, mask3));
-        } else {
-            for (int64_t g = 0; g < n; ++g) _mm512_store_si512(codes + r * kLd + g * 64, expand_group(p + g * 16, shifts, mask3));
-        }
+        for (int64_t g = 0; g < n; ++g) _mm512_store_si512(codes + r * kLd + g * 64, expand_group(p + g * 16, shifts, mask3));
     }
     for (; r < r1; ++r)
         for (int64_t g = 0; g < n; ++g) _mm512_store_si512(codes + r * kLd + g * 64, _mm512_set1_epi8(1));
@@ -184,24 +182,23 @@ inline void expand_rows(const TernarySlot& s, int64_t j, int64_t rows, int64_t s
 // sum of the two), so the expansion's cost is what remains.
 void gemm_small_batch(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1,
                       uint8_t* codes2, int32_t* out) {
-    constexpr int64_t kChunk = 4, kLd = kChunk * 64, kBuf = 32 * kLd + 2048, kSlice = 32 / kChunk;
+    constexpr int64_t kLd = kChunk * 64, kSlice = 32 / kChunk;
     const int64_t kpad = s.row_bytes * 4, steps = kpad / 64, tblocks = (a.B + 15) / 16;
     const int64_t chunks = (steps + kChunk - 1) / kChunk, blocks = (j1 - j0 + 31) / 32;
     const bool two = tblocks == 2;
     const uint8_t* act = static_cast<const uint8_t*>(a.prepared);
     auto block_rows = [&](int64_t blk) { return j1 - (j0 + 32 * blk) < 32 ? j1 - (j0 + 32 * blk) : 32; };
     auto chunk_steps = [&](int64_t c) { return steps - c * kChunk < kChunk ? steps - c * kChunk : kChunk; };
-    // Flat sequence of (block, chunk) items; item f lives in buffer f % 2 (the second buffer is
-    // offset by 2 KiB more than its size so that the two do not alias modulo 4 KiB).
+    // Flat sequence of (block, chunk) items; item f lives in buffer f % 2.
     const int64_t items = blocks * chunks;
-    expand_rows<kChunk>(s, j0, block_rows(0), 0, chunk_steps(0), codes2, 0, 32);
+    expand_rows(s, j0, block_rows(0), 0, chunk_steps(0), codes2, 0, 32);
     for (int64_t f = 0; f < items; ++f) {
         const int64_t blk = f / chunks, c = f % chunks, st0 = c * kChunk, n = chunk_steps(c);
-        const uint8_t* codes = codes2 + (f & 1) * kBuf;
+        const uint8_t* codes = codes2 + (f & 1) * kChunkBuf;
         const bool next = f + 1 < items;
         const int64_t nb = (f + 1) / chunks, nc = (f + 1) % chunks;
         const int64_t nj = j0 + 32 * nb, nrows = next ? block_rows(nb) : 0, nst0 = nc * kChunk, nn = chunk_steps(nc);
-        uint8_t* ncodes = codes2 + ((f + 1) & 1) * kBuf;
+        uint8_t* ncodes = codes2 + ((f + 1) & 1) * kChunkBuf;
         if (c == 0) {
             _tile_zero(0);
             _tile_zero(1);
@@ -221,7 +218,7 @@ void gemm_small_batch(const TernarySlot& s, const ActBatch& a, int32_t* acc, int
                     _tile_dpbusd(3, 5, 7);
                 }
             }
-            if (next) expand_rows<kChunk>(s, nj, nrows, nst0, nn, ncodes, g * kSlice, (g + 1) * kSlice);
+            if (next) expand_rows(s, nj, nrows, nst0, nn, ncodes, g * kSlice, (g + 1) * kSlice);
         }
         if (c == chunks - 1) write_tiles(a, acc, ldacc, j0 + 32 * blk, block_rows(blk), 0, two, out);
     }
@@ -238,7 +235,7 @@ void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t lda
     int32_t* out = reinterpret_cast<int32_t*>(out_buf.get(4 * 16 * 16 * sizeof(int32_t)));
     if (tblocks <= 2) {
         configure_tiles();
-        gemm_small_batch(s, a, acc, ldacc, j0, j1, codes_buf.get(2 * (32 * 4 * 64 + 2048)), out);
+        gemm_small_batch(s, a, acc, ldacc, j0, j1, codes_buf.get(2 * kChunkBuf), out);
         _tile_release();
         return;
     }
