@@ -148,6 +148,9 @@ void write_tiles(const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j, int6
 // the second offset by 2 KiB more than the first's size so that the two do not alias modulo 4 KiB.
 constexpr int64_t kChunk = 4, kChunkBuf = 32 * kChunk * 64 + 2048;
 
+// dot_i8 takes the tile path from this many vectors (fewer: AVX-512 VNNI).
+constexpr int64_t kAmxDotMinVectors = 4;
+
 // Expands k-steps [st0, st0 + n) of rows [r0, r1) of the 32-row block at weight row j into a
 // chunk buffer (32 rows of kChunk * 64 bytes; rows past `rows`, the end of a partial block, get
 // code 1, t = 0). Each row also prefetches one line of the next block, which is contiguous: a
@@ -280,6 +283,70 @@ void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t lda
     _tile_release();
 }
 
+// The fast head's int8 scoring (dot_i8) for 4 to 16 vectors: TDPBSSD (signed x signed) takes
+// tiles of 16 rows x 64 columns straight from the row matrix (the compact head is already int8,
+// so nothing is expanded), against the vectors re-arranged once per call into VNNI-order B tiles
+// (row kk of k-step s: for each vector w, its 4 values at 64 s + 4 kk; vectors past nx are 0).
+// NG groups of 16 rows (NG C tiles) share each B tile. Integer sums: exact in any order.
+template <int NG>
+void dot_i8_groups(const int8_t* rows, int64_t ld, const uint8_t* bt, int64_t steps, int64_t nx, int32_t* out,
+                   int64_t ldo, int32_t* c) {
+    if (NG > 0) _tile_zero(0);
+    if (NG > 1) _tile_zero(1);
+    if (NG > 2) _tile_zero(2);
+    if (NG > 3) _tile_zero(3);
+    for (int64_t s = 0; s < steps; ++s) {
+        _tile_loadd(6, bt + s * 1024, 64);
+        const int8_t* a = rows + s * 64;
+        if (NG > 0) { _tile_loadd(4, a, ld); _tile_dpbssd(0, 4, 6); }
+        if (NG > 1) { _tile_loadd(5, a + 16 * ld, ld); _tile_dpbssd(1, 5, 6); }
+        if (NG > 2) { _tile_loadd(4, a + 32 * ld, ld); _tile_dpbssd(2, 4, 6); }
+        if (NG > 3) { _tile_loadd(5, a + 48 * ld, ld); _tile_dpbssd(3, 5, 6); }
+    }
+    if (NG > 0) _tile_stored(0, c, 64);
+    if (NG > 1) _tile_stored(1, c + 256, 64);
+    if (NG > 2) _tile_stored(2, c + 512, 64);
+    if (NG > 3) _tile_stored(3, c + 768, 64);
+    for (int64_t w = 0; w < nx; ++w)
+        for (int g = 0; g < NG; ++g)
+            for (int r = 0; r < 16; ++r) out[w * ldo + g * 16 + r] = c[g * 256 + r * 16 + w];
+}
+
+void amx_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t nx, int64_t n,
+                int32_t* out, int64_t ldo) {
+    const KernelTable& b = avx512_kernels();
+    const int64_t steps = n / 64, groups = n_rows / 16;
+    if (nx < kAmxDotMinVectors || nx > 16 || steps == 0 || groups == 0) {
+        b.dot_i8(rows, ld, n_rows, x, ldx, nx, n, out, ldo);
+        return;
+    }
+    thread_local Buffer bt_buf, c_buf, tail_buf;
+    uint8_t* bt = bt_buf.get(static_cast<size_t>(steps * 1024));
+    std::memset(bt, 0, static_cast<size_t>(steps * 1024));
+    for (int64_t s = 0; s < steps; ++s)
+        for (int64_t w = 0; w < nx; ++w)
+            for (int64_t kk = 0; kk < 16; ++kk) std::memcpy(bt + s * 1024 + kk * 64 + w * 4, x + w * ldx + s * 64 + kk * 4, 4);
+    int32_t* c = reinterpret_cast<int32_t*>(c_buf.get(4 * 1024));
+    configure_tiles();
+    int64_t g = 0;
+    for (; g + 4 <= groups; g += 4) dot_i8_groups<4>(rows + g * 16 * ld, ld, bt, steps, nx, out + g * 16, ldo, c);
+    switch (groups - g) {
+        case 3: dot_i8_groups<3>(rows + g * 16 * ld, ld, bt, steps, nx, out + g * 16, ldo, c); break;
+        case 2: dot_i8_groups<2>(rows + g * 16 * ld, ld, bt, steps, nx, out + g * 16, ldo, c); break;
+        case 1: dot_i8_groups<1>(rows + g * 16 * ld, ld, bt, steps, nx, out + g * 16, ldo, c); break;
+        default: break;
+    }
+    _tile_release();
+    const int64_t whole = groups * 16, done = steps * 64;
+    if (done < n) {   // the last n % 64 columns of the whole groups' rows
+        int32_t* t = reinterpret_cast<int32_t*>(tail_buf.get(static_cast<size_t>(nx * whole) * sizeof(int32_t)));
+        b.dot_i8(rows + done, ld, whole, x + done, ldx, nx, n - done, t, whole);
+        for (int64_t w = 0; w < nx; ++w)
+            for (int64_t r = 0; r < whole; ++r) out[w * ldo + r] += t[w * whole + r];
+    }
+    if (whole < n_rows) b.dot_i8(rows + whole * ld, ld, n_rows - whole, x, ldx, nx, n, out + whole, ldo);
+}
+
 }  // namespace
 
 bool amx_available() {
@@ -293,7 +360,7 @@ bool amx_available() {
 
 const KernelTable& amx_kernels() {
     const KernelTable& b = avx512_kernels();
-    static const KernelTable table{"amx", amx_gemm, b.dot_f16, b.dot_f32, b.dot_i8, amx_prepared_size, amx_prepare_act, b.read_sum};
+    static const KernelTable table{"amx", amx_gemm, b.dot_f16, b.dot_f32, amx_dot_i8, amx_prepared_size, amx_prepare_act, b.read_sum};
     return table;
 }
 
