@@ -320,11 +320,13 @@ void SimCard::run_command(const MatmulCommand& cmd) {
     const int64_t B = cmd.B, K = cmd.K, kpad = slot_k_padded(K);
     // The activation DMA lands in the engine's input buffer: rows zero-padded to whole
     // 64-element groups, with their sums (the engine multiplies codes c = t + 1).
-    act_.assign(static_cast<size_t>(B * kpad), 0);
+    // (The buffers only grow: resizing them per command zero-filled up to 0.4 MB each time.)
+    if (act_.size() < static_cast<size_t>(B * kpad)) act_.resize(static_cast<size_t>(B * kpad));
     qsum_.resize(static_cast<size_t>(B));
     for (int64_t b = 0; b < B; ++b) {
         const int8_t* src = cmd.q + b * K;
         std::copy(src, src + K, act_.data() + b * kpad);
+        std::fill(act_.data() + b * kpad + K, act_.data() + (b + 1) * kpad, int8_t{0});
         int32_t sum = 0;
         for (int64_t i = 0; i < K; ++i) sum += src[i];
         qsum_[b] = sum;
@@ -356,7 +358,7 @@ void SimCard::run_command(const MatmulCommand& cmd) {
             total += B * slots.back()->n;
         }
     }
-    acc_.resize(static_cast<size_t>(total));
+    if (acc_.size() < static_cast<size_t>(total)) acc_.resize(static_cast<size_t>(total));
     // Work items. The products' rows are laid end to end and cut into equal items; an item
     // that crosses from one product into the next is several pieces (product, block of rows),
     // cut at multiples of 8 rows (the GEMV's tile). Decode (B < 8, memory-bound) takes 2 items

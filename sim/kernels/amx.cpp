@@ -48,6 +48,45 @@ void configure_tiles() {
     _tile_loadconfig(&cfg);
 }
 
+// out[j] lane i = in[i] lane j (a 16 x 16 transpose of dwords): pairs of rows interleaved, then
+// quads (after the second round, v[4g + c]'s 128-bit lane L holds column 4L + c of rows
+// 4g..4g+3), then whole 128-bit lanes exchanged.
+inline void transpose16(const __m512i in[16], __m512i out[16]) {
+    __m512i t[16], v[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_epi32(in[2 * i], in[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(in[2 * i], in[2 * i + 1]);
+    }
+    for (int g = 0; g < 4; ++g) {
+        v[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g + 0], t[4 * g + 2]);
+        v[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g + 0], t[4 * g + 2]);
+        v[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        v[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    for (int c = 0; c < 4; ++c) {
+        // Lanes (0, 2) and (1, 3) of row groups (0, 1) and (2, 3), then the four groups' lanes
+        // for one column: columns c, c + 8 from the even lanes, c + 4, c + 12 from the odd ones.
+        const __m512i e01 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0x88), o01 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0xDD);
+        const __m512i e23 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0x88), o23 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0xDD);
+        out[c] = _mm512_shuffle_i32x4(e01, e23, 0x88);
+        out[c + 4] = _mm512_shuffle_i32x4(o01, o23, 0x88);
+        out[c + 8] = _mm512_shuffle_i32x4(e01, e23, 0xDD);
+        out[c + 12] = _mm512_shuffle_i32x4(o01, o23, 0xDD);
+    }
+}
+
+// Re-arranges up to 16 vectors of bytes (vector w at x + w * ldx, nx of them) into VNNI-order B
+// tiles, one per k-step of 64: row kk of step s holds, for each vector w, its 4 bytes at
+// 64 s + 4 kk (vectors past nx: 0). 16 loads, a dword transpose and 16 stores per step.
+inline void vnni_tiles(const int8_t* x, int64_t ldx, int64_t nx, int64_t steps, uint8_t* dst, int64_t dst_stride) {
+    for (int64_t s = 0; s < steps; ++s) {
+        __m512i in[16], out[16];
+        for (int64_t w = 0; w < 16; ++w) in[w] = w < nx ? _mm512_loadu_si512(x + w * ldx + s * 64) : _mm512_setzero_si512();
+        transpose16(in, out);
+        for (int kk = 0; kk < 16; ++kk) _mm512_store_si512(dst + s * dst_stride + kk * 64, out[kk]);
+    }
+}
+
 // Activation tile layout: for token block tb (16 tokens) and k-step s (64 inputs): 1024
 // bytes, row kk (0..15) = for n in 0..15: q[16 tb + n][64 s + 4 kk .. + 3].
 inline size_t act_tile_offset(int64_t tb, int64_t s, int64_t steps) { return static_cast<size_t>((tb * steps + s) * 1024); }
@@ -60,15 +99,8 @@ size_t amx_prepared_size(const ActBatch& a) {
 
 void amx_prepare_act(const ActBatch& a, uint8_t* buf) {
     const int64_t kpad = slot_k_padded(a.K), steps = kpad / 64;
-    std::memset(buf, 0, amx_prepared_size(a));
-    for (int64_t n = 0; n < a.B; ++n) {
-        const int64_t tb = n / 16, col = (n % 16) * 4;
-        const int8_t* q = a.q + n * a.ldq;
-        for (int64_t s = 0; s < steps; ++s) {
-            uint8_t* tile = buf + act_tile_offset(tb, s, steps);
-            for (int64_t kk = 0; kk < 16; ++kk) std::memcpy(tile + kk * 64 + col, q + s * 64 + kk * 4, 4);
-        }
-    }
+    for (int64_t tb = 0; tb * 16 < a.B; ++tb)
+        vnni_tiles(a.q + tb * 16 * a.ldq, a.ldq, a.B - tb * 16, steps, buf + act_tile_offset(tb, 0, steps), 1024);
 }
 
 inline __m512i expand_group(const uint8_t* p, __m512i shifts, __m512i mask3) {
@@ -96,35 +128,13 @@ struct Buffer {
 // masked store of up to 16 rows per token (a scalar loop here took a quarter of the batch-8 time).
 inline void store_tile_transposed(const int32_t* out, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j,
                                   int64_t rows, int64_t nbase) {
-    __m512i r[16], t[16];
+    __m512i r[16], col[16];
     for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(out + i * 16);
-    // Pairs of rows interleaved, then quads: r[4g + c], 128-bit lane L = column 4L + c of rows 4g..4g+3.
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int g = 0; g < 4; ++g) {
-        r[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g + 0], t[4 * g + 2]);
-        r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g + 0], t[4 * g + 2]);
-        r[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
-        r[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
-    }
+    transpose16(r, col);
     const __mmask16 m = static_cast<__mmask16>(rows >= 16 ? 0xFFFF : (1u << rows) - 1);
     const int64_t ntok = a.B - nbase < 16 ? a.B - nbase : 16;
-    for (int c = 0; c < 4; ++c) {
-        // Lanes (0, 2) and (1, 3) of row groups (0, 1) and (2, 3), then the four groups' lanes
-        // for one column: columns c, c + 8 from the even lanes, c + 4, c + 12 from the odd ones.
-        const __m512i e01 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88), o01 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xDD);
-        const __m512i e23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88), o23 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xDD);
-        const __m512i col[4] = {_mm512_shuffle_i32x4(e01, e23, 0x88), _mm512_shuffle_i32x4(o01, o23, 0x88),
-                                _mm512_shuffle_i32x4(e01, e23, 0xDD), _mm512_shuffle_i32x4(o01, o23, 0xDD)};
-        for (int q = 0; q < 4; ++q) {
-            const int64_t n = c + 4 * q;
-            if (n >= ntok) continue;
-            _mm512_mask_storeu_epi32(acc + (nbase + n) * ldacc + j, m,
-                                     _mm512_sub_epi32(col[q], _mm512_set1_epi32(a.qsum[nbase + n])));
-        }
-    }
+    for (int64_t n = 0; n < ntok; ++n)
+        _mm512_mask_storeu_epi32(acc + (nbase + n) * ldacc + j, m, _mm512_sub_epi32(col[n], _mm512_set1_epi32(a.qsum[nbase + n])));
 }
 
 // Stores the C tiles (0, 1 for token block tb0; 2, 3 for tb0 + 1 if two) and writes each
@@ -323,10 +333,7 @@ void amx_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x,
     }
     thread_local Buffer bt_buf, c_buf, tail_buf;
     uint8_t* bt = bt_buf.get(static_cast<size_t>(steps * 1024));
-    std::memset(bt, 0, static_cast<size_t>(steps * 1024));
-    for (int64_t s = 0; s < steps; ++s)
-        for (int64_t w = 0; w < nx; ++w)
-            for (int64_t kk = 0; kk < 16; ++kk) std::memcpy(bt + s * 1024 + kk * 64 + w * 4, x + w * ldx + s * 64 + kk * 4, 4);
+    vnni_tiles(x, ldx, nx, steps, bt, 1024);
     int32_t* c = reinterpret_cast<int32_t*>(c_buf.get(4 * 1024));
     configure_tiles();
     int64_t g = 0;
