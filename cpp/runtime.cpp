@@ -396,6 +396,9 @@ void Engine::exact_logit_rows(const float* h, const int64_t* ids, int64_t n, flo
     std::vector<float> erow(static_cast<size_t>(D));
     for (int64_t i = 0; i < n; ++i) {
         if (head.tensor->type == TensorType::F16) {
+            // Candidates are scattered rows: fetch the next one while this one is scored.
+            if (i + 1 < n)
+                for (int64_t b = 0; b < D * 2; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(head.data) + ids[i + 1] * D * 2 + b);
             kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.data) + ids[i] * D, D, 1, h, D, 1, D, out + i, 1);
         } else {
             head.row(ids[i], erow.data());
@@ -408,6 +411,36 @@ namespace {
 // Relative rounding slack of an fp32 dot of length D summed in 16 lanes (depth D/16 + 4),
 // doubled for safety; u = 2^-24.
 double fp32_dot_slack(int64_t D) { return 2.0 * (static_cast<double>(D) / 16.0 + 8.0) * std::ldexp(1.0, -24); }
+
+// The fast head's bounds for nv compact rows against one hidden state (forward_argmax explains
+// the terms): hi[i] = a_i + b_i rounded up to a float; returns max_i (a_i - b_i). The maximum
+// is exact, so 8 partial maxima (NaNs skipped, as std::max skips them) give the same value in
+// any order, and the loop vectorises.
+BITNET_HOST_CLONES double head_bounds(const int32_t* id, const float* scale, const double* c_h, const double* c_d,
+                                      int64_t nv, double inv, double hn, double dn, float* hi) {
+    double m[8];
+    for (double& v : m) v = -std::numeric_limits<double>::infinity();
+    int64_t i = 0;
+    auto one = [&](int64_t k) {
+        const double a = static_cast<double>(scale[k]) * inv * id[k];
+        const double b = (c_h[k] * hn + c_d[k] * dn) * (1.0 + 1e-6) + 1e-30;
+        const double u = a + b;
+        hi[k] = static_cast<float>(u + std::fabs(u) * 0x1p-22 + 1e-37);
+        return a - b;
+    };
+    for (; i + 8 <= nv; i += 8)
+        for (int l = 0; l < 8; ++l) {
+            const double d = one(i + l);
+            m[l] = d > m[l] ? d : m[l];
+        }
+    for (; i < nv; ++i) {
+        const double d = one(i);
+        m[0] = d > m[0] ? d : m[0];
+    }
+    double lb = m[0];
+    for (int l = 1; l < 8; ++l) lb = m[l] > lb ? m[l] : lb;
+    return lb;
+}
 }  // namespace
 
 void Engine::enable_fast_head() {
@@ -503,20 +536,9 @@ void Engine::forward_argmax(const std::vector<ForwardRow>& rows, std::vector<int
             const double* c_h = compact_.c_h.data() + v0;
             const double* c_d = compact_.c_d.data() + v0;
             double local_best[kGroup];
-            for (int64_t w = 0; w < nw; ++w) {
-                const double inv = inv_sh[w], hn = hnorm[w], dn = dnorm[w];
-                const int32_t* id = idot + w * kChunk;
-                float* hw = hi.data() + w * V + v0;
-                double lb = -std::numeric_limits<double>::infinity();
-                for (int64_t i = 0; i < nv; ++i) {
-                    const double a = static_cast<double>(scale[i]) * inv * id[i];
-                    const double b = (c_h[i] * hn + c_d[i] * dn) * (1.0 + 1e-6) + 1e-30;
-                    lb = std::max(lb, a - b);
-                    const double u = a + b;
-                    hw[i] = static_cast<float>(u + std::fabs(u) * 0x1p-22 + 1e-37);
-                }
-                local_best[w] = lb;
-            }
+            for (int64_t w = 0; w < nw; ++w)
+                local_best[w] = head_bounds(idot + w * kChunk, scale, c_h, c_d, nv, inv_sh[w], hnorm[w], dnorm[w],
+                                            hi.data() + w * V + v0);
             std::lock_guard<std::mutex> lock(best_mutex);
             for (int64_t w = 0; w < nw; ++w) best_lo[w] = std::max(best_lo[w], local_best[w]);
         });
