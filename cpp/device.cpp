@@ -304,7 +304,11 @@ void Device::load_model(const std::string& path, bool fast_head) {
         transport_->free_range(0, kUserSlotBase);
         auto model = std::make_shared<Model>(path, *transport_, 0);
         auto engine = std::make_unique<Engine>(*model, *transport_, pool_.get());
-        if (fast_head) engine->enable_fast_head();
+        if (fast_head) {
+            engine->enable_fast_head();
+            // Resident memory: the int8 copy replaces the full-precision head in memory.
+            model->release_output_copy();
+        }
         std::lock_guard<std::mutex> lock(mu_);
         model_ = std::move(model);
         engine_ = std::move(engine);

@@ -553,6 +553,23 @@ void GGUFFile::release_range(const uint8_t* p, size_t n) const {
     if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+void GGUFFile::read_range(const uint8_t* p, size_t n, uint8_t* dst) const {
+    if (!base_ || !p || p < base_ || n > size_ || static_cast<size_t>(p - base_) > size_ - n)
+        throw Error(ErrorCode::FILE, printable_text(path_) + ": read outside the file");
+    size_t done = 0;
+    while (done < n) {
+        const ssize_t got = ::pread(fd_, dst + done, n - done, static_cast<off_t>(p - base_) + static_cast<off_t>(done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            const int err = got < 0 ? errno : 0;
+            throw Error(ErrorCode::FILE, printable_text(path_) + ": cannot read " + std::to_string(n) + " bytes at offset " +
+                                             std::to_string(p - base_) + ": " +
+                                             (err ? std::strerror(err) : "the file is shorter than when it was opened"));
+        }
+        done += static_cast<size_t>(got);
+    }
+}
+
 void GGUFFile::parse() {
     const std::string label = printable_text(path_);
     Cursor c(base_, size_, label);

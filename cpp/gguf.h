@@ -123,6 +123,10 @@ public:
     void release_pages(const GGUFTensor& t) const;
     // The same for the bytes [p, p + n) of a tensor's data (p inside the mapping).
     void release_range(const uint8_t* p, size_t n) const;
+    // Copies the bytes [p, p + n) of a tensor's data (p inside the mapping) into dst through
+    // the file descriptor (pread), so that they do not join the process's resident set.
+    // Throws Error(FILE) if the file cannot be read.
+    void read_range(const uint8_t* p, size_t n, uint8_t* dst) const;
     const GGUFTensor* tensor(const std::string& name) const;   // nullptr if absent
 
 private:

@@ -19,8 +19,25 @@ const char* proj_tensor_name(int proj) {
     return (proj >= 0 && proj < PROJ_COUNT) ? names[proj] : "?";
 }
 
+const uint8_t* HostMatrix::row_data(int64_t r, uint8_t* scratch) const {
+    const uint8_t* p = data + static_cast<size_t>(r) * row_bytes;
+    if (!file) return p;
+    file->read_range(p, row_bytes, scratch);
+    return scratch;
+}
+
 void HostMatrix::row(int64_t r, float* out) const {
-    dequantize_row(tensor->type, data + static_cast<size_t>(r) * row_bytes, out, cols);
+    thread_local std::vector<uint8_t> scratch;
+    if (file) scratch.resize(row_bytes);
+    dequantize_row(tensor->type, row_data(r, scratch.data()), out, cols);
+}
+
+void Model::release_output_copy() {
+    if (!output_.copy) return;
+    output_.data = output_.tensor->data;
+    output_.copy.reset();
+    output_.file = file_.get();
+    if (cfg_.tied_output) embd_ = output_;
 }
 
 namespace {

@@ -66,7 +66,12 @@ struct HostMatrix {
     // mapping into huge-page memory at load (the 4 KiB page walks of the mapping cost ~7% of
     // the head's bandwidth), shared by the tied embedding.
     std::shared_ptr<const std::vector<uint8_t, sim::SlotAllocator<uint8_t>>> copy;
+    // Set when the copy was given back (Model::release_output_copy): rows are then read through
+    // the file (pread) on demand, and `data` is the mapping (for passes over every row).
+    const GGUFFile* file = nullptr;
     void row(int64_t r, float* out) const;   // dequantize row r into out[cols]
+    // Row r's bytes (row_bytes of them): in memory, or read from the file into scratch.
+    const uint8_t* row_data(int64_t r, uint8_t* scratch) const;
 };
 
 struct LayerWeights {
@@ -98,6 +103,10 @@ public:
     int first_slot() const { return first_slot_; }
     int slot_count() const { return static_cast<int>(cfg_.n_layer) * PROJ_COUNT; }
     std::vector<std::string> notes() const { return notes_; }    // what the loader decided
+    // Gives back the output head's in-memory copy (the fast head keeps its own int8 copy and
+    // needs only a few full-precision rows per token): those rows, and the tied embedding's,
+    // are then read from the file on demand. Not while a forward pass runs.
+    void release_output_copy();
 
 private:
     void read_config();

@@ -394,12 +394,15 @@ void Engine::exact_logit_rows(const float* h, const int64_t* ids, int64_t n, flo
     const HostMatrix& head = model_.output();
     const int64_t D = head.cols;
     std::vector<float> erow(static_cast<size_t>(D));
+    std::vector<uint8_t> scratch(head.file ? head.row_bytes : 0);
     for (int64_t i = 0; i < n; ++i) {
         if (head.tensor->type == TensorType::F16) {
-            // Candidates are scattered rows: fetch the next one while this one is scored.
-            if (i + 1 < n)
+            // Candidates are scattered rows: fetch the next one while this one is scored (rows
+            // in memory; with the fast head's copy given back, rows are read from the file).
+            if (i + 1 < n && !head.file)
                 for (int64_t b = 0; b < D * 2; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(head.data) + ids[i + 1] * D * 2 + b);
-            kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.data) + ids[i] * D, D, 1, h, D, 1, D, out + i, 1);
+            kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.row_data(ids[i], scratch.data())), D, 1, h, D, 1, D,
+                              out + i, 1);
         } else {
             head.row(ids[i], erow.data());
             kernels_->dot_f32(erow.data(), D, 1, h, D, out + i);

@@ -52,3 +52,24 @@ def test_fast_head_batch(model):
         job.wait(-1)
         for i, r in enumerate(rows):
             assert np.array_equal(job.tokens(i), exact.inference(r, 16, stop_token_ids=[]))
+
+
+def test_fast_head_reads_full_rows_from_the_file(model, tmp_path):
+    # The fast head gives back the in-memory full-precision head and reads the few rows it
+    # re-scores (and the tied embedding's rows) from the file: a file truncated under a loaded
+    # model is a clear error, not a crash.
+    import os
+    import shutil
+
+    from bitnet import BitNetError
+
+    path = tmp_path / "m.gguf"
+    shutil.copyfile(model, path)
+    with BitNet("sim") as exact, BitNet("sim") as fast:
+        exact.load_weights(model)
+        fast.load_weights(str(path), fast_head=True)
+        assert np.array_equal(fast.inference([4, 5, 6], 8, stop_token_ids=[]),
+                              exact.inference([4, 5, 6], 8, stop_token_ids=[]))
+        os.truncate(path, 4096)
+        with pytest.raises(BitNetError, match="cannot read"):
+            fast.inference([4, 5, 6], 8, stop_token_ids=[])
