@@ -400,7 +400,8 @@ void Engine::exact_logit_rows(const float* h, const int64_t* ids, int64_t n, flo
             // Candidates are scattered rows: fetch the next one while this one is scored (rows
             // in memory; with the fast head's copy given back, rows are read from the file).
             if (i + 1 < n && !head.file)
-                for (int64_t b = 0; b < D * 2; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(head.data) + ids[i + 1] * D * 2 + b);
+                for (size_t b = 0; b < head.row_bytes; b += 64)
+                    __builtin_prefetch(head.data + static_cast<size_t>(ids[i + 1]) * head.row_bytes + b);
             kernels_->dot_f16(reinterpret_cast<const uint16_t*>(head.row_data(ids[i], scratch.data())), D, 1, h, D, 1, D,
                               out + i, 1);
         } else {

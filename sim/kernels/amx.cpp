@@ -123,6 +123,12 @@ struct Buffer {
     }
 };
 
+// 4 KiB of scratch, 64-byte aligned, per thread: the four C tiles stored to memory.
+int32_t* c_tile_scratch() {
+    thread_local Buffer buf;
+    return reinterpret_cast<int32_t*>(buf.get(4 * 16 * 16 * sizeof(int32_t)));
+}
+
 // Transposes a stored 16 x 16 C tile (out[r][n]: weight row r, token n) into the accumulator
 // layout (acc[n][j + r]) and subtracts sum(q): four rounds of in-register shuffles, then one
 // masked store of up to 16 rows per token (a scalar loop here took a quarter of the batch-8 time).
@@ -247,8 +253,8 @@ void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t lda
     }
     const int64_t kpad = s.row_bytes * 4, steps = kpad / 64, tblocks = (a.B + 15) / 16;
     const uint8_t* act = static_cast<const uint8_t*>(a.prepared);
-    thread_local Buffer codes_buf, out_buf;
-    int32_t* out = reinterpret_cast<int32_t*>(out_buf.get(4 * 16 * 16 * sizeof(int32_t)));
+    thread_local Buffer codes_buf;
+    int32_t* out = c_tile_scratch();
     if (tblocks <= 2) {
         configure_tiles();
         gemm_small_batch(s, a, acc, ldacc, j0, j1, codes_buf.get(2 * kChunkBuf), out);
@@ -336,10 +342,10 @@ void amx_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x,
         b.dot_i8(rows, ld, n_rows, x, ldx, nx, n, out, ldo);
         return;
     }
-    thread_local Buffer bt_buf, c_buf, tail_buf;
+    thread_local Buffer bt_buf, tail_buf;
     uint8_t* bt = bt_buf.get(static_cast<size_t>(steps * 1024));
     vnni_tiles(x, ldx, nx, steps, bt, 1024);
-    int32_t* c = reinterpret_cast<int32_t*>(c_buf.get(4 * 1024));
+    int32_t* c = c_tile_scratch();
     configure_tiles();
     int64_t g = 0;
     for (; g + 4 <= groups; g += 4) dot_i8_groups<4>(rows + g * 16 * ld, ld, bt, steps, nx, out + g * 16, ldo, c);
