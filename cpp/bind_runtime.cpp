@@ -8,6 +8,7 @@
 
 #include "bindings.h"
 #include "device.h"
+#include "runtime.h"
 
 namespace py = pybind11;
 
@@ -379,6 +380,18 @@ void bind_runtime(py::module_& m) {
               return out;
           },
           py::arg("kernel"), py::arg("rows"), py::arg("x"));
+    // The host's RMSNorm (runtime.cpp) on rows of x [R, n], for tests of its summation order.
+    m.def("_rmsnorm",
+          [](const py::array_t<float, py::array::c_style | py::array::forcecast>& x,
+             const py::array_t<float, py::array::c_style | py::array::forcecast>& w, float eps) {
+              if (x.ndim() != 2 || w.ndim() != 1 || x.shape(1) != w.shape(0) || x.shape(1) == 0)
+                  throw Error(ErrorCode::INVALID, "x must be [R, n] and w [n], n >= 1");
+              py::array_t<float> out({x.shape(0), x.shape(1)});
+              for (py::ssize_t r = 0; r < x.shape(0); ++r)
+                  rmsnorm(x.data() + r * x.shape(1), w.data(), x.shape(1), eps, out.mutable_data() + r * x.shape(1));
+              return out;
+          },
+          py::arg("x"), py::arg("w"), py::arg("eps"));
     // Memory read bandwidth of this machine (benchmarks/bandwidth.py, `bitnet bench`): streams
     // a buffer of `bytes` (in weight-slot memory) with `threads` threads of a persistent pool using a kernel's widest
     // loads (default: this process's kernel), best of `reps` after one warm-up; returns GB/s.

@@ -103,8 +103,8 @@ public:
 private:
     // Runs the layers and leaves the final-normed hidden states of the want_logits rows in h.
     void forward_hidden(const std::vector<ForwardRow>& rows, std::vector<float>& h, const RunHooks& hooks);
-    // RoPE in two parts: cs[2i], cs[2i + 1] = cos, sin of position pos's angle for pair i
-    // (rope_dim / 2 pairs; computed once per row and forward pass, used by every layer).
+    // RoPE in two parts: cs[i], cs[rope_dim / 2 + i] = cos, sin of position pos's angle for
+    // pair i (computed once per row and forward pass, used by every layer).
     void rope_table(int64_t pos, float* cs) const;
     // Rotates the n_q query heads at q and n_k key heads at k with one position's table.
     void rope(float* q, int64_t n_q, float* k, int64_t n_k, const float* cs) const;

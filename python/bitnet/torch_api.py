@@ -151,12 +151,21 @@ def _sqrtf(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rms_norm_exact(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm in the engine's order: mean of squares summed in float64 in index order, rounded
-    to fp32, then
-    ``r = 1 / sqrt(mean + eps)`` and ``w * (x * r)`` in fp32."""
+    """RMSNorm in the engine's order (NUMERICS.md 3): the squares summed in float64 as 16
+    partial sums (sum ``l`` takes the elements ``i = l (mod 16)`` in increasing ``i``), combined
+    as ``s[l] += s[l+8]``, ``s[l] += s[l+4]``, ``s[l] += s[l+2]``, ``s[0] + s[1]``; the mean
+    rounded to fp32, then ``r = 1 / sqrt(mean + eps)`` and ``w * (x * r)`` in fp32."""
     x = x.to(torch.float32)
-    # The engine adds the squares one by one in double; a CPU cumsum is that same sequential sum.
-    ss = torch.cumsum(x.to(torch.float64).square(), dim=-1)[..., -1:]
+    n = x.shape[-1]
+    sq = x.to(torch.float64).square()
+    # Zeros pad the last row of 16 (adding +0.0 to a sum of squares changes no bit); a CPU
+    # cumsum down each lane is that lane's sequential sum.
+    sq = torch.nn.functional.pad(sq, (0, (-n) % 16)).reshape(*x.shape[:-1], -1, 16)
+    p = torch.cumsum(sq, dim=-2)[..., -1, :]
+    p = p[..., :8] + p[..., 8:]
+    p = p[..., :4] + p[..., 4:]
+    p = p[..., :2] + p[..., 2:]
+    ss = p[..., :1] + p[..., 1:]
     mean = (ss / x.shape[-1]).to(torch.float32)
     r = torch.div(1.0, _sqrtf(mean + torch.tensor(eps, dtype=torch.float32)))
     return w.to(torch.float32) * (x * r)

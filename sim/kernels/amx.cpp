@@ -167,8 +167,9 @@ constexpr int64_t kChunk = 4, kChunkBuf = 32 * kChunk * 64 + 2048;
 
 // dot_i8 takes the tile path from this many vectors (fewer: AVX-512 VNNI). One thread over the
 // 2B-4T head's 128256 x 2560 int8 rows from memory: 4 vectors 30.1 -> 26.8 ms, 8 vectors 29.9 ->
-// 29.5 (two processes at once, 8 vectors: 10.5 -> 11.7 GB/s each; in cache 20.9 -> 39.4).
-constexpr int64_t kAmxDotMinVectors = 4;
+// 29.5 (two processes at once, 8 vectors: 10.5 -> 11.7 GB/s each; in cache 20.9 -> 39.4);
+// 2 vectors 36.4 -> 25.8 ms, 3 vectors 44.9 -> 27.1 (1 vector: 22.4 on AVX-512).
+constexpr int64_t kAmxDotMinVectors = 2;
 
 // Expands k-steps [st0, st0 + n) of rows [r0, r1) of the 32-row block at weight row j into a
 // chunk buffer (32 rows of kChunk * 64 bytes; rows past `rows`, the end of a partial block, get
@@ -379,7 +380,8 @@ bool amx_available() {
 
 const KernelTable& amx_kernels() {
     const KernelTable& b = avx512_kernels();
-    static const KernelTable table{"amx", amx_gemm, b.dot_f16, b.dot_f32, amx_dot_i8, amx_prepared_size, amx_prepare_act, b.read_sum};
+    static const KernelTable table{"amx",           amx_gemm,        b.dot_f16, b.dot_f32, amx_dot_i8, amx_prepared_size,
+                                   amx_prepare_act, b.read_sum, 16};
     return table;
 }
 

@@ -112,6 +112,10 @@ struct KernelTable {
     // and returns a checksum: the machine's read bandwidth as decode sees it
     // (benchmarks/bandwidth.py, `bitnet bench`).
     uint64_t (*read_sum)(const uint8_t* p, int64_t n);
+    // How many vectors dot_i8 scores in one pass over the rows for about the cost of one (the
+    // AMX kernel's tiles hold 16; the vector kernels' cost grows with each vector). The fast
+    // head spends spare vectors on a second int8 code of each hidden state (runtime.cpp).
+    int64_t dot_i8_free_vectors = 1;
 };
 
 const KernelTable& ref_kernels();
