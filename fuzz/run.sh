@@ -20,7 +20,7 @@ done
 # ISA kernel files with their own flags (the dispatcher picks them at run time).
 $CXX $FLAGS -mavx2 -mfma -mf16c -c sim/kernels/avx2.cpp -o "$OUT/obj/avx2.o"; objs+=("$OUT/obj/avx2.o")
 $CXX $FLAGS -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq -mfma -mf16c -c sim/kernels/avx512.cpp -o "$OUT/obj/avx512.o"; objs+=("$OUT/obj/avx512.o")
-$CXX $FLAGS -mamx-tile -mamx-int8 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq -c sim/kernels/amx.cpp -o "$OUT/obj/amx.o"; objs+=("$OUT/obj/amx.o")
+$CXX $FLAGS -mamx-tile -mamx-int8 -mgfni -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq -c sim/kernels/amx.cpp -o "$OUT/obj/amx.o"; objs+=("$OUT/obj/amx.o")
 $CXX $FLAGS -fsanitize=fuzzer fuzz/fuzz_gguf.cpp "${objs[@]}" -o "$OUT/fuzz_gguf" -lpthread
 $CXX $FLAGS -fsanitize=fuzzer fuzz/fuzz_ioctl.cpp "${objs[@]}" -o "$OUT/fuzz_ioctl" -lpthread
 # Seed corpus: a valid tiny model and a few of its corruptions.

@@ -1,5 +1,5 @@
-// amx.cpp: AMX-INT8 GEMM for prefill and batches (compiled with -mamx-tile -mamx-int8 and the
-// AVX-512 flags; entered only after dispatch.cpp checked the CPU and Linux granted the tile
+// amx.cpp: AMX-INT8 GEMM for prefill and batches (compiled with -mamx-tile -mamx-int8 -mgfni and
+// the AVX-512 flags; entered only after dispatch.cpp checked the CPU and Linux granted the tile
 // state). Batches of fewer than 8 rows, GEMV and the float helpers use the AVX-512 kernels
 // (from 8 rows on, a half-empty 16-token tile still beats AVX-512). The fast head's int8
 // scoring (dot_i8) takes tiles from 4 vectors on (amx_dot_i8, at the end).
@@ -103,9 +103,22 @@ void amx_prepare_act(const ActBatch& a, uint8_t* buf) {
         vnni_tiles(a.q + tb * 16 * a.ldq, a.ldq, a.B - tb * 16, steps, buf + act_tile_offset(tb, 0, steps), 1024);
 }
 
-inline __m512i expand_group(const uint8_t* p, __m512i shifts, __m512i mask3) {
+// One 16-byte group of codes (byte i holds elements 16L + i at bits 2L, 2L + 1) broadcast to
+// the four 128-bit lanes, and lane L's field taken out of every byte by one GF(2) affine
+// transform (GF2P8AFFINEQB: output bit j is the parity of the input byte masked with row
+// 7 - j of the lane's 8x8 bit matrix): rows 7 and 6 pick bits 2L and 2L + 1, the other rows
+// are 0. One instruction where a variable shift and a mask took two: 5-9% faster per thread
+// (batch 8, 6912 x 2560 slots, from memory and from L3).
+inline __m512i field_matrices() {
+    auto m = [](int L) {
+        return static_cast<long long>((uint64_t{1} << (2 * L)) << 56 | (uint64_t{2} << (2 * L)) << 48);
+    };
+    return _mm512_set_epi64(m(3), m(3), m(2), m(2), m(1), m(1), m(0), m(0));
+}
+
+inline __m512i expand_group(const uint8_t* p, __m512i fields) {
     const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm512_and_si512(_mm512_srlv_epi64(b, shifts), mask3);
+    return _mm512_gf2p8affine_epi64_epi8(b, fields, 0);
 }
 
 struct Buffer {
@@ -179,8 +192,7 @@ constexpr int64_t kAmxDotMinVectors = 2;
 inline void expand_rows(const TernarySlot& s, int64_t j, int64_t rows, int64_t st0, int64_t n, uint8_t* codes,
                         int64_t r0, int64_t r1) {
     constexpr int64_t kLd = kChunk * 64;
-    const __m512i shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
-    const __m512i mask3 = _mm512_set1_epi8(3);
+    const __m512i fields = field_matrices();
     const uint8_t* src = s.packed.data() + j * s.row_bytes + st0 * 16;
     const uint8_t* pf = s.packed.data() + (j + 32) * s.row_bytes + (st0 / kChunk) * 32 * 64;
     const int64_t real = r1 < rows ? r1 : rows;
@@ -188,7 +200,7 @@ inline void expand_rows(const TernarySlot& s, int64_t j, int64_t rows, int64_t s
     for (; r < real; ++r) {
         const uint8_t* p = src + r * s.row_bytes;
         _mm_prefetch(reinterpret_cast<const char*>(pf + r * 64), _MM_HINT_T1);
-        for (int64_t g = 0; g < n; ++g) _mm512_store_si512(codes + r * kLd + g * 64, expand_group(p + g * 16, shifts, mask3));
+        for (int64_t g = 0; g < n; ++g) _mm512_store_si512(codes + r * kLd + g * 64, expand_group(p + g * 16, fields));
     }
     for (; r < r1; ++r)
         for (int64_t g = 0; g < n; ++g) _mm512_store_si512(codes + r * kLd + g * 64, _mm512_set1_epi8(1));
@@ -263,8 +275,7 @@ void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t lda
         return;
     }
     uint8_t* codes = codes_buf.get(static_cast<size_t>(32 * kpad));
-    const __m512i shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
-    const __m512i mask3 = _mm512_set1_epi8(3);
+    const __m512i fields = field_matrices();
     configure_tiles();
     for (int64_t j = j0; j < j1; j += 32) {
         const int64_t rows = j1 - j < 32 ? j1 - j : 32;
@@ -274,7 +285,7 @@ void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t lda
             if (r < rows) {
                 const uint8_t* src = s.packed.data() + (j + r) * s.row_bytes;
                 for (int64_t g = 0; g < steps; ++g)
-                    _mm512_storeu_si512(dst + g * 64, expand_group(src + g * 16, shifts, mask3));
+                    _mm512_storeu_si512(dst + g * 64, expand_group(src + g * 16, fields));
             } else {
                 std::memset(dst, 1, static_cast<size_t>(kpad));
             }

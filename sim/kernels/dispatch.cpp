@@ -23,7 +23,8 @@ namespace {
 struct X86Features {
     bool avx2 = false, fma = false, f16c = false;
     bool avx512 = false;   // F, DQ, BW, VL and VNNI, with the OS saving ZMM state
-    bool amx_int8 = false; // AMX-TILE + AMX-INT8 in CPUID (the OS permission is asked separately)
+    bool amx_int8 = false; // AMX-TILE + AMX-INT8 (and GFNI, which amx.cpp uses) in CPUID; the OS
+                           // permission is asked separately
 };
 
 X86Features detect() {
@@ -46,7 +47,8 @@ X86Features detect() {
     const bool avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
     const bool vnni = (c >> 11) & 1;
     f.avx512 = os_avx512 && f.avx2 && avx512f && avx512dq && avx512bw && avx512vl && vnni;
-    f.amx_int8 = f.avx512 && ((d >> 24) & 1) && ((d >> 25) & 1);
+    const bool gfni = (c >> 8) & 1;
+    f.amx_int8 = f.avx512 && gfni && ((d >> 24) & 1) && ((d >> 25) & 1);
     return f;
 }
 

@@ -18,7 +18,7 @@ if [ "$what" = native ] || [ "$what" = all ]; then
     c++ "${common[@]}" "${x86[@]}" -c sim/kernels/avx512.cpp -o "$out/avx512.o" \
       -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq -mfma -mf16c
     c++ "${common[@]}" "${x86[@]}" -c sim/kernels/amx.cpp -o "$out/amx.o" \
-      -mamx-tile -mamx-int8 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq
+      -mamx-tile -mamx-int8 -mgfni -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512dq
     c++ "${common[@]}" "${srcs[@]}" "$out"/{avx2,avx512,amx}.o -o "$out/kernel_check"
   else
     c++ "${common[@]}" "${srcs[@]}" sim/kernels/neon.cpp -o "$out/kernel_check"
