@@ -10,7 +10,7 @@
 
 // Host loops that run every layer (attention, norms, activation quantisation) are
 // multi-versioned (BITNET_HOST_CLONES, multiversion.h): bit-identical on every CPU.
-#include "multiversion.h"
+#include "../sim/multiversion.h"
 
 namespace bitnet {
 
