@@ -70,7 +70,7 @@ def test_torch_eval_rmsnorm_matches_the_engine():
 
     rng = np.random.default_rng(11)
     for n in (16, 17, 32, 2560):
-        x = np.stack([order_sensitive_row()[:n] if n == 32 else
+        x = np.stack([order_sensitive_row() if n == 32 else
                       (rng.standard_normal(n) * np.exp2(rng.integers(-20, 20, n))).astype(np.float32)
                       for _ in range(3)])
         norm = BitNetRMSNorm(n, eps=0.0).eval()
