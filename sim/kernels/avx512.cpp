@@ -307,12 +307,13 @@ void dot_i8_pass(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x
 }
 
 // Rows are biased by +128 to make VPDPBUSD's unsigned operand, so 128 * sum(x) is subtracted.
-// Vectors go 8 at a time (2 rows x 8 vectors = 16 accumulators), then 4, then 1.
+// Vectors go 8 at a time (2 rows x 8 vectors = 16 accumulators), then 4, then 2, then 1.
 void avx512_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t nx, int64_t n,
                    int32_t* out, int64_t ldo) {
     int64_t w = 0;
     for (; w + 8 <= nx; w += 8) dot_i8_pass<2, 8>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
     for (; w + 4 <= nx; w += 4) dot_i8_pass<2, 4>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
+    for (; w + 2 <= nx; w += 2) dot_i8_pass<4, 2>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
     for (; w < nx; ++w) dot_i8_pass<4, 1>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
 }
 
@@ -330,7 +331,8 @@ uint64_t avx512_read_sum(const uint8_t* p, int64_t n) {
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-    static const KernelTable table{"avx512", avx512_gemm, avx512_dot_f16, avx512_dot_f32, avx512_dot_i8, nullptr, nullptr, avx512_read_sum};
+    static const KernelTable table{"avx512",      avx512_gemm, avx512_dot_f16,  avx512_dot_f32, avx512_dot_i8,
+                                   nullptr,       nullptr,     avx512_read_sum, 2};
     return table;
 }
 

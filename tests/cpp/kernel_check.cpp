@@ -264,7 +264,7 @@ int main(int argc, char** argv) {
         // Very long rows take the kernels' fallback paths (e.g. AVX-512's masked GEMV is bounded).
         for (int64_t B : {1, 3, 9}) check_gemm(k, rng, 3, 16385 * 64 + 5, B, 1);
         for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 2560, 2561})
-            for (int64_t nx : {1, 2, 3, 4, 5, 8, 9, 12, 16, 17})
+            for (int64_t nx : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 14, 16, 17})
                 for (int64_t R : {9, 16, 33, 64, 69}) check_dots(k, rng, R, n, nx);   // AMX dot_i8: 16-row groups
         {   // read_sum: the same checksum as the reference, for any length that is a multiple of 64
             std::vector<uint8_t> raw(64 * 1000 + 64);
