@@ -278,7 +278,6 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
     }
 
     std::vector<float> x(static_cast<size_t>(R * D));            // residual stream [R, D]
-    std::vector<float> xn(static_cast<size_t>(R * maxdim));      // normed activations
     std::vector<int8_t> q8(static_cast<size_t>(R * maxdim));     // quantised activations
     std::vector<float> sx(static_cast<size_t>(R));               // their scales
     std::vector<float> Q(static_cast<size_t>(R * QD)), K(static_cast<size_t>(R * KVD)), V(static_cast<size_t>(R * KVD));
@@ -334,10 +333,14 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
 
     // Normalise [R, n] rows of `in` with weight w (or copy if w is empty), then quantise.
     auto norm_quant = [&](const float* in, const std::vector<float>* w, int64_t n) {
-        // One row per task: a decode batch's rows are normalised in parallel.
+        // One row per task: a decode batch's rows are normalised in parallel. The normed row
+        // goes to a per-thread scratch row, which stays in L1/L2 until it is quantised (a
+        // [R, n] buffer was written to memory that the card's weight stream had evicted).
         pool_->parallel_for(R, 1, [&](int64_t r0, int64_t r1) {
+            thread_local std::vector<float> normed;
+            if (normed.size() < static_cast<size_t>(n)) normed.resize(static_cast<size_t>(n));
             for (int64_t r = r0; r < r1; ++r) {
-                float* dst = xn.data() + r * n;
+                float* dst = normed.data();
                 if (w) rmsnorm(in + r * n, w->data(), n, c.rms_eps, dst);
                 else std::copy(in + r * n, in + (r + 1) * n, dst);
                 sx[r] = quantize_row_i8(dst, n, q8.data() + r * n);
