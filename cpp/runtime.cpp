@@ -331,8 +331,13 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
         }
     }
 
-    // Normalise [R, n] rows of `in` with weight w (or copy if w is empty), then quantise.
-    auto norm_quant = [&](const float* in, const std::vector<float>* w, int64_t n) {
+    // Normalise [R, n] rows of `in` with weight w (or copy if w is empty), then quantise. Two
+    // element-wise steps that used to be passes of their own are folded into each row's task
+    // (the rows are cold by then, evicted by the card's weight stream; each pass read them
+    // from memory again): `add` is added into `in` first (the residual stream, in place), and
+    // with `up` the row normed is the gated activation act(in) * up (in itself is left as is).
+    auto norm_quant = [&](float* in, const std::vector<float>* w, int64_t n, const float* add = nullptr,
+                          const float* up = nullptr) {
         // One row per task: a decode batch's rows are normalised in parallel. The normed row
         // goes to a per-thread scratch row, which stays in L1/L2 until it is quantised (a
         // [R, n] buffer was written to memory that the card's weight stream had evicted).
@@ -340,9 +345,17 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
             thread_local std::vector<float> normed;
             if (normed.size() < static_cast<size_t>(n)) normed.resize(static_cast<size_t>(n));
             for (int64_t r = r0; r < r1; ++r) {
+                float* src = in + r * n;
                 float* dst = normed.data();
-                if (w) rmsnorm(in + r * n, w->data(), n, c.rms_eps, dst);
-                else std::copy(in + r * n, in + (r + 1) * n, dst);
+                if (add)
+                    for (int64_t i = 0; i < n; ++i) src[i] += add[r * n + i];
+                if (up) {
+                    std::copy(src, src + n, dst);
+                    gated_activation(c.act, dst, up + r * n, n);
+                    src = dst;
+                }
+                if (w) rmsnorm(src, w->data(), n, c.rms_eps, dst);
+                else if (src != dst) std::copy(src, src + n, dst);
                 sx[r] = quantize_row_i8(dst, n, q8.data() + r * n);
             }
         });
@@ -363,8 +376,8 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
         if (hooks.current_layer) hooks.current_layer->store(l, std::memory_order_relaxed);
         const LayerWeights& L = model_.layers()[static_cast<size_t>(l)];
 
-        // --- attention ---
-        norm_quant(x.data(), &L.attn_norm, D);
+        // --- attention --- (the previous layer's feed-forward output is added to x here)
+        norm_quant(x.data(), &L.attn_norm, D, l > 0 ? Y.data() : nullptr);
         prefetch_weights(L.attn_sub_norm);
         card_matmul(q8.data(), sx.data(), R, D, {{L.slot[PROJ_Q], Q.data()}, {L.slot[PROJ_K], K.data()}, {L.slot[PROJ_V], V.data()}});
         // Rows in parallel (rows of one sequence write different cache positions).
@@ -393,20 +406,16 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
         norm_quant(O.data(), c.sub_norms ? &L.attn_sub_norm : nullptr, QD);
         prefetch_weights(L.ffn_norm);
         card_matmul(q8.data(), sx.data(), R, QD, {{L.slot[PROJ_O], Y.data()}});
-        for (int64_t i = 0; i < R * D; ++i) x[i] += Y[i];
 
-        // --- feed-forward ---
-        norm_quant(x.data(), &L.ffn_norm, D);
+        // --- feed-forward --- (the attention output is added to x first)
+        norm_quant(x.data(), &L.ffn_norm, D, Y.data());
         prefetch_weights(L.ffn_sub_norm);
         card_matmul(q8.data(), sx.data(), R, D, {{L.slot[PROJ_GATE], G.data()}, {L.slot[PROJ_UP], U.data()}});
-        pool_->parallel_for(R * F, 16384, [&](int64_t i0, int64_t i1) {
-            gated_activation(c.act, G.data() + i0, U.data() + i0, i1 - i0);
-        });
-        norm_quant(G.data(), c.sub_norms ? &L.ffn_sub_norm : nullptr, F);
+        norm_quant(G.data(), c.sub_norms ? &L.ffn_sub_norm : nullptr, F, nullptr, U.data());
         prefetch_weights(l + 1 < c.n_layer ? model_.layers()[static_cast<size_t>(l + 1)].attn_norm : model_.output_norm());
         card_matmul(q8.data(), sx.data(), R, F, {{L.slot[PROJ_DOWN], Y.data()}});
-        for (int64_t i = 0; i < R * D; ++i) x[i] += Y[i];
     }
+    for (int64_t i = 0; i < R * D; ++i) x[i] += Y[i];   // the last layer's feed-forward output
     for (const ForwardRow& r : rows) r.cache->n_pos = std::max(r.cache->n_pos, r.pos + 1);
 
     // --- output head: final norm, then logits = h . E_v for every vocabulary row v ---
