@@ -73,3 +73,41 @@ def test_fast_head_reads_full_rows_from_the_file(model, tmp_path):
         os.truncate(path, 4096)
         with pytest.raises(BitNetError, match="cannot read"):
             fast.inference([4, 5, 6], 8, stop_token_ids=[])
+
+
+def test_fast_head_exact_ties_across_chunks(model, tmp_path):
+    # Exact ties: the head row of the exact head's first greedy token is copied into rows of
+    # every 1024-row chunk the int8 pass scores separately (one below it). All copies get the
+    # same logit, so the exact head picks the lowest index, and the fast head must too: its
+    # candidates are kept chunk by chunk while the best lower bound grows, then filtered by
+    # the final one, in row order. Also with 8 rows scored together (the residual codes).
+    import shutil
+
+    import gguf
+
+    prompt = [11, 12, 13, 14]
+    with BitNet("sim") as exact:
+        exact.load_weights(model)
+        top = int(exact.inference(prompt, 1, stop_token_ids=[])[0])
+    path = tmp_path / "ties.gguf"
+    shutil.copyfile(model, path)
+    reader = gguf.GGUFReader(str(path), "r+")
+    emb = next(t for t in reader.tensors if t.name == "token_embd.weight").data   # tied head [V, D]
+    V = emb.shape[0]
+    copies = sorted({3, 1100, 2300, V - 1} - {top} - set(prompt))
+    assert V > 3 * 1024 and copies
+    for c in copies:
+        emb[c] = emb[top]
+    emb.flush()
+    del reader, emb
+    with BitNet("sim") as exact, BitNet("sim") as fast:
+        exact.load_weights(str(path))
+        fast.load_weights(str(path), fast_head=True)
+        a = exact.inference(prompt, 12, stop_token_ids=[])
+        assert int(a[0]) == min(copies + [top])
+        assert np.array_equal(fast.inference(prompt, 12, stop_token_ids=[]), a)
+        rows = [np.array(prompt, np.int32)] * 8
+        job = fast._dev.submit(rows, 12, 0.0, 0, 1.0, 0, [])
+        job.wait(-1)
+        for i in range(8):
+            assert np.array_equal(job.tokens(i), a)
