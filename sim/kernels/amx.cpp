@@ -181,8 +181,9 @@ constexpr int64_t kChunk = 4, kChunkBuf = 32 * kChunk * 64 + 2048;
 // dot_i8 takes the tile path from this many vectors (fewer: AVX-512 VNNI). One thread over the
 // 2B-4T head's 128256 x 2560 int8 rows from memory: 4 vectors 30.1 -> 26.8 ms, 8 vectors 29.9 ->
 // 29.5 (two processes at once, 8 vectors: 10.5 -> 11.7 GB/s each; in cache 20.9 -> 39.4);
-// 3 vectors 44.9 -> 27.1 (1 vector: 22.4 on AVX-512). 2 vectors stay on AVX-512, which scores
-// them in one pass: 27.1 against 29.7 ms here (two processes at once: 25.5 against 28.7-30.4).
+// 3 vectors 44.9 -> 27.1 (1 vector: 22.4 on AVX-512; re-measured with AVX-512's 2-vector pass:
+// 40.3 against 31.9). 2 vectors stay on AVX-512, which scores them in one pass: 27.1 against
+// 29.7 ms here (two processes at once: 25.5 against 28.7-30.4).
 constexpr int64_t kAmxDotMinVectors = 3;
 
 // Expands k-steps [st0, st0 + n) of rows [r0, r1) of the 32-row block at weight row j into a
