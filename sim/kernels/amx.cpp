@@ -2,7 +2,7 @@
 // the AVX-512 flags; entered only after dispatch.cpp checked the CPU and Linux granted the tile
 // state). Batches of fewer than 8 rows, GEMV and the float helpers use the AVX-512 kernels
 // (from 8 rows on, a half-empty 16-token tile still beats AVX-512). The fast head's int8
-// scoring (dot_i8) takes tiles from 4 vectors on (amx_dot_i8, at the end).
+// scoring (dot_i8) takes tiles from 3 vectors on (amx_dot_i8, at the end; kAmxDotMinVectors).
 //
 // TDPBUSD multiplies a tile A of unsigned bytes (16 rows x 64 bytes: 16 weight rows, 64
 // codes c = t + 1 each) by a tile B of signed bytes in "VNNI" order (16 rows x 64 bytes: row
