@@ -375,8 +375,9 @@ def test_tokenizer_keys(ckpt, tmp_path):
     assert kv["tokenizer.ggml.merges"] == ["a b", "ab c"]
     assert kv["tokenizer.ggml.add_bos_token"] is True
     assert kv["tokenizer.chat_template"] == "{{ x }}"
-    # no Split pre-tokenizer and not the 128256-token LLaMA-3 vocabulary: GPT-2's split
-    assert kv["tokenizer.ggml.pre"] == "gpt2"
+    # no Split pre-tokenizer and not the 128256-token LLaMA-3 vocabulary: GPT-2's split, under
+    # llama.cpp's name for it ("gpt2" is not one: llama.cpp refuses to load the file)
+    assert kv["tokenizer.ggml.pre"] == "gpt-2"
 
 
 # ---------------------------------------------------------------------------------------------

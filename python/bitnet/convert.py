@@ -650,9 +650,9 @@ def _add_tokenizer(writer, hf_dir: Path, spec: _Spec) -> None:
                 pre = "default"
                 writer.add_string(KEY_PRE_REGEX, regex)
         elif bytelevel_regex:
-            pre = "gpt2"
+            pre = "gpt-2"
         else:
-            pre = "llama-bpe" if spec.vocab == 128256 else "gpt2"
+            pre = "llama-bpe" if spec.vocab == 128256 else "gpt-2"
         writer.add_tokenizer_pre(pre)
     else:
         rank = {}

@@ -67,7 +67,7 @@ _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?
 #: not listed fall back to the GPT-2 pattern with a warning (as llama.cpp does).
 PRE_TOKENIZER_REGEX: Dict[str, str] = {
     **{k: _LLAMA3_REGEX for k in ("llama-bpe", "llama3", "llama-v3", "falcon3", "smaug-bpe", "dbrx")},
-    **{k: _GPT2_REGEX for k in ("gpt2", "gpt-2", "mpt", "olmo", "jais", "trillion")},
+    **{k: _GPT2_REGEX for k in ("gpt-2", "gpt2", "mpt", "olmo", "jais", "trillion")},
     **{k: _QWEN2_REGEX for k in ("qwen2", "stablelm2", "hunyuan")},
 }
 
