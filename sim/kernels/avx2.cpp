@@ -23,6 +23,16 @@ inline int32_t hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+// Codes of elements 0..31 (lo) and 32..63 (hi) of one 16-byte group broadcast to both lanes,
+// unscaled and in natural order: shifted by (0 | 2) or (4 | 6) bits per lane and masked.
+struct Expand {
+    __m256i sh_lo = _mm256_set_epi64x(2, 2, 0, 0);
+    __m256i sh_hi = _mm256_set_epi64x(6, 6, 4, 4);
+    __m256i mask3 = _mm256_set1_epi8(3);
+    __m256i lo(__m256i v) const { return _mm256_and_si256(_mm256_srlv_epi64(v, sh_lo), mask3); }
+    __m256i hi(__m256i v) const { return _mm256_and_si256(_mm256_srlv_epi64(v, sh_hi), mask3); }
+};
+
 // Codes of one 16-byte group, broadcast to both 128-bit lanes and masked with 0x03 in lane 0
 // and 0x0C in lane 1 (one AND; the same after a 4-bit shift): lo holds the codes of elements
 // 0..15 (lane 0) and 4x those of 16..31 (lane 1), hi those of 32..47 and 4x 48..63, so the
@@ -126,15 +136,61 @@ void tile(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int64_t
         }
 }
 
+// Batches: codes already expanded to bytes (buffer rows of ld bytes, natural element order),
+// RB weight rows x TB activation rows over `steps` steps of 32 elements; int16 accumulators
+// (pair sums at most 2 * 2 * 128, so 64 steps stay within int16: kBufferedMaxSteps), widened
+// at the end. Adds each pair's sum into acc (first: acc = sum - qsum).
+constexpr int64_t kBufferedMaxSteps = 64;
+constexpr int64_t kSmallBatch = 8;
+
+template <int RB, int TB>
+void buffered_tile(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps, const int32_t* qsum,
+                   bool first, int32_t* acc, int64_t ldacc) {
+    __m256i s16[RB][TB];
+    for (int r = 0; r < RB; ++r)
+        for (int t = 0; t < TB; ++t) s16[r][t] = _mm256_setzero_si256();
+    const uint8_t* cp = codes;
+    const int8_t* qp = q;
+    for (int64_t k = 0; k < steps; ++k, cp += 32, qp += 32) {
+        __m256i c[RB];
+        for (int r = 0; r < RB; ++r) c[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(cp + r * ld));
+        for (int t = 0; t < TB; ++t) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp + t * ldq));
+            for (int r = 0; r < RB; ++r) s16[r][t] = _mm256_add_epi16(_mm256_maddubs_epi16(c[r], x), s16[r][t]);
+        }
+        for (int r = 0; r < RB; ++r)
+            for (int t = 0; t < TB; ++t) asm("" : "+x"(s16[r][t]));
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < RB; ++r)
+        for (int t = 0; t < TB; ++t) {
+            const int32_t sum = hsum_epi32(_mm256_madd_epi16(s16[r][t], ones));
+            int32_t& out = acc[t * ldacc + r];
+            out = first ? sum - qsum[t] : out + sum;
+        }
+}
+
+// One tile of TB activation rows against every weight row of the buffer (pairs, then a last
+// single row): the tile's chunk of activations (TB KiB) stays in L1 with the codes.
+template <int TB>
+void buffered_block(const uint8_t* codes, int64_t ld, int64_t rows, const int8_t* q, int64_t ldq, int64_t steps,
+                    const int32_t* qsum, bool first, int32_t* acc, int64_t ldacc) {
+    int64_t r = 0;
+    for (; r + 2 <= rows; r += 2) buffered_tile<2, TB>(codes + r * ld, ld, q, ldq, steps, qsum, first, acc + r, ldacc);
+    if (r < rows) buffered_tile<1, TB>(codes + r * ld, ld, q, ldq, steps, qsum, first, acc + r, ldacc);
+}
+
 // GEMV (one activation row): 8 weight rows per tile keep the weight stream wide, with the next
 // tile's rows prefetched (one thread over 30 slots of 6912 x 2560 from memory: 4.2 -> 9.5 GB/s
 // of weights against the 4-row tile that shifted codes with VPSRLVQ and widened every group
-// with VPMADDWD; two threads 6.4 -> 16.0). Batches: one weight row against tiles of 4
-// activation rows, the row's codes expanded once per tile (one thread, batch 8: 1.6 -> 2.5-2.7
-// GB/s of weights; tiles of 2 or 3 rows by 3 or 4 activation rows measured no better: GCC
-// spills their accumulators). Large batches (prefill) go through the rows in k-chunks of 1024
-// elements, so a chunk of every activation row (128 KiB for 128 rows) stays in L2 while a
-// block of weight rows sweeps it.
+// with VPMADDWD; two threads 6.4 -> 16.0). Small batches (up to kSmallBatch rows, batched
+// decode): one weight row against tiles of 4 activation rows, the row's codes expanded in
+// registers once per tile (batch 8, one thread: 1.6 -> 2.7-2.9 GB/s of weights). Larger
+// batches (prefill): a block of kRowBlock weight rows is expanded, one k-chunk of kChunk
+// elements at a time, into a 16 KiB buffer that stays in L1, and each tile of 4 activation
+// rows (its chunk also in L1) sweeps it in tiles of 2 weight rows x 4 activation rows (8 int16
+// accumulators, 2 code and one activation register). Batch 128, one thread, one 6912 x 2560
+// slot: 41 -> 26 ms (87 multiply-adds per ns; the tile alone on L1 data: 80-100).
 void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
     const int64_t G = s.row_bytes / 16;
     if (a.B == 1) {
@@ -143,22 +199,48 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
         for (; j < j1; ++j) tile<1, 1>(s, a, j, 0, 0, G, true, acc, ldacc, false);
         return;
     }
-    constexpr int64_t kChunkGroups = 16, kRowBlock = 48;
-    const int64_t chunk = a.B > 8 ? kChunkGroups : G;
+    if (a.B <= kSmallBatch) {
+        for (int64_t j = j0; j < j1; ++j) {
+            int64_t b = 0;
+            for (; b + 4 <= a.B; b += 4) tile<1, 4>(s, a, j, b, 0, G, true, acc, ldacc, b == 0);
+            switch (a.B - b) {
+                case 3: tile<1, 3>(s, a, j, b, 0, G, true, acc, ldacc, b == 0); break;
+                case 2: tile<1, 2>(s, a, j, b, 0, G, true, acc, ldacc, b == 0); break;
+                case 1: tile<1, 1>(s, a, j, b, 0, G, true, acc, ldacc, b == 0); break;
+                default: break;
+            }
+        }
+        return;
+    }
+    constexpr int64_t kRowBlock = 8, kChunk = 2048;
+    static_assert(kChunk / 32 <= kBufferedMaxSteps, "int16 accumulators");
+    alignas(32) uint8_t codes[kRowBlock * kChunk];
+    const Expand ex;
+    const int64_t kpad = s.row_bytes * 4;
     for (int64_t jb = j0; jb < j1; jb += kRowBlock) {
-        const int64_t je = j1 - jb < kRowBlock ? j1 : jb + kRowBlock;
-        for (int64_t g0 = 0; g0 < G; g0 += chunk) {
-            const int64_t g1 = G - g0 < chunk ? G : g0 + chunk;
-            const bool first = g0 == 0;
-            for (int64_t j = jb; j < je; ++j) {
-                int64_t b = 0;
-                for (; b + 4 <= a.B; b += 4) tile<1, 4>(s, a, j, b, g0, g1, first, acc, ldacc, b == 0);
-                switch (a.B - b) {
-                    case 3: tile<1, 3>(s, a, j, b, g0, g1, first, acc, ldacc, b == 0); break;
-                    case 2: tile<1, 2>(s, a, j, b, g0, g1, first, acc, ldacc, b == 0); break;
-                    case 1: tile<1, 1>(s, a, j, b, g0, g1, first, acc, ldacc, b == 0); break;
-                    default: break;
+        const int64_t rows = j1 - jb < kRowBlock ? j1 - jb : kRowBlock;
+        for (int64_t k0 = 0; k0 < kpad; k0 += kChunk) {
+            const int64_t len = kpad - k0 < kChunk ? kpad - k0 : kChunk;
+            for (int64_t r = 0; r < rows; ++r) {
+                const uint8_t* src = s.packed.data() + (jb + r) * s.row_bytes + k0 / 4;
+                for (int64_t g = 0; g < len / 64; ++g) {
+                    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + g * 16)));
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(codes + r * kChunk + g * 64), ex.lo(v));
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(codes + r * kChunk + g * 64 + 32), ex.hi(v));
                 }
+            }
+            const bool first = k0 == 0;
+            const int64_t steps = len / 32;
+            int64_t b = 0;
+            for (; b + 4 <= a.B; b += 4)
+                buffered_block<4>(codes, kChunk, rows, a.q + b * a.ldq + k0, a.ldq, steps, a.qsum + b, first, acc + b * ldacc + jb, ldacc);
+            const int8_t* q = a.q + b * a.ldq + k0;
+            int32_t* out = acc + b * ldacc + jb;
+            switch (a.B - b) {
+                case 3: buffered_block<3>(codes, kChunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
+                case 2: buffered_block<2>(codes, kChunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
+                case 1: buffered_block<1>(codes, kChunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
+                default: break;
             }
         }
     }
