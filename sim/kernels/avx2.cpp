@@ -1,12 +1,12 @@
 // avx2.cpp: AVX2 kernels (compiled with -mavx2 -mfma -mf16c; called only after dispatch.cpp
 // checked the CPU).
 //
-// Ternary GEMM/GEMV: a 16-byte group of the slot layout is broadcast to both 128-bit lanes and
-// masked (lane 0: bits 1:0, lane 1: bits 3:2; then the same after a 4-bit shift), giving the
-// codes c = t + 1 of elements 0..31 and 32..63 against activations in natural order, lane 1's
-// scaled by 4 (see Codes). VPMADDUBSW (unsigned codes x signed activations) gives int16 pair
-// sums, accumulated in int16 for up to 8 groups and then widened with VPMADDWD against ones;
-// acc = sum(c * q) - sum(q).
+// Ternary GEMM/GEMV: VPMADDUBSW multiplies codes c = t + 1 (unsigned) by activations (signed)
+// into int16 pair sums, which are accumulated in int16 as long as they provably fit and then
+// widened with VPMADDWD against ones; acc = sum(c * q) - sum(q). GEMV and small batches expand
+// each 16-byte group of the slot layout in registers (Codes: one AND per 32 codes, lane 1
+// scaled by 4); prefill expands blocks of rows into an L1 buffer once (Expand: natural codes)
+// and reuses them for every activation row.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
@@ -118,22 +118,17 @@ inline void micro(const uint8_t* w, int64_t row_bytes, const int8_t* q, int64_t 
     }
 }
 
-// Rows [j, j + RB) times activation rows [b, b + TB), groups [g0, g1) of the row. first: the
-// first k-chunk (acc = sum - qsum), else acc += sum.
+// Rows [j, j + RB) times activation rows [b, b + TB), whole rows.
 template <int RB, int TB>
-void tile(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int64_t g0, int64_t g1, bool first,
-          int32_t* acc, int64_t ldacc, bool prefetch) {
+void tile(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t* acc, int64_t ldacc, bool prefetch) {
     __m256i s32[RB * TB];
     for (int i = 0; i < RB * TB; ++i) s32[i] = _mm256_setzero_si256();
     const uint8_t* w = s.packed.data() + j * s.row_bytes;
     const uint8_t* end = s.packed.data() + s.packed.size();
-    micro<RB, TB>(w, s.row_bytes, a.q + b * a.ldq, a.ldq, g0, g1, s32, prefetch ? w + RB * s.row_bytes : nullptr, end);
+    micro<RB, TB>(w, s.row_bytes, a.q + b * a.ldq, a.ldq, 0, s.row_bytes / 16, s32,
+                  prefetch ? w + RB * s.row_bytes : nullptr, end);
     for (int r = 0; r < RB; ++r)
-        for (int t = 0; t < TB; ++t) {
-            int32_t& out = acc[(b + t) * ldacc + j + r];
-            const int32_t sum = hsum_scaled(s32[r * TB + t]);
-            out = first ? sum - a.qsum[b + t] : out + sum;
-        }
+        for (int t = 0; t < TB; ++t) acc[(b + t) * ldacc + j + r] = hsum_scaled(s32[r * TB + t]) - a.qsum[b + t];
 }
 
 // Batches: codes already expanded to bytes (buffer rows of ld bytes, natural element order),
@@ -158,8 +153,6 @@ void buffered_tile(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ld
             const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp + t * ldq));
             for (int r = 0; r < RB; ++r) s16[r][t] = _mm256_add_epi16(_mm256_maddubs_epi16(c[r], x), s16[r][t]);
         }
-        for (int r = 0; r < RB; ++r)
-            for (int t = 0; t < TB; ++t) asm("" : "+x"(s16[r][t]));
     }
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < RB; ++r)
@@ -192,21 +185,20 @@ void buffered_block(const uint8_t* codes, int64_t ld, int64_t rows, const int8_t
 // accumulators, 2 code and one activation register). Batch 128, one thread, one 6912 x 2560
 // slot: 41 -> 26 ms (87 multiply-adds per ns; the tile alone on L1 data: 80-100).
 void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
-    const int64_t G = s.row_bytes / 16;
     if (a.B == 1) {
         int64_t j = j0;
-        for (; j + 8 <= j1; j += 8) tile<8, 1>(s, a, j, 0, 0, G, true, acc, ldacc, true);
-        for (; j < j1; ++j) tile<1, 1>(s, a, j, 0, 0, G, true, acc, ldacc, false);
+        for (; j + 8 <= j1; j += 8) tile<8, 1>(s, a, j, 0, acc, ldacc, true);
+        for (; j < j1; ++j) tile<1, 1>(s, a, j, 0, acc, ldacc, false);
         return;
     }
     if (a.B <= kSmallBatch) {
         for (int64_t j = j0; j < j1; ++j) {
             int64_t b = 0;
-            for (; b + 4 <= a.B; b += 4) tile<1, 4>(s, a, j, b, 0, G, true, acc, ldacc, b == 0);
+            for (; b + 4 <= a.B; b += 4) tile<1, 4>(s, a, j, b, acc, ldacc, b == 0);
             switch (a.B - b) {
-                case 3: tile<1, 3>(s, a, j, b, 0, G, true, acc, ldacc, b == 0); break;
-                case 2: tile<1, 2>(s, a, j, b, 0, G, true, acc, ldacc, b == 0); break;
-                case 1: tile<1, 1>(s, a, j, b, 0, G, true, acc, ldacc, b == 0); break;
+                case 3: tile<1, 3>(s, a, j, b, acc, ldacc, b == 0); break;
+                case 2: tile<1, 2>(s, a, j, b, acc, ldacc, b == 0); break;
+                case 1: tile<1, 1>(s, a, j, b, acc, ldacc, b == 0); break;
                 default: break;
             }
         }
