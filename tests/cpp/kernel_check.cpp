@@ -29,7 +29,8 @@ void check_gemm(const KernelTable& k, std::mt19937_64& rng, int64_t N, int64_t K
     std::vector<int8_t> t(static_cast<size_t>(N * K));
     std::uniform_int_distribution<int> tri(-1, 1), q8(-128, 127), sparse(0, 9);
     // mode 3: every weight +1 and every activation -128, the largest partial sums (the AVX2
-    // kernel's int16 accumulators reach exactly -32768 in 8 groups)
+    // kernel's int16 accumulators reach exactly -32768: GEMV and small batches after 8 groups,
+    // prefill's buffered tiles after 64 steps of 32 elements, i.e. with K = 2567)
     for (auto& v : t) v = static_cast<int8_t>(mode == 3 ? 1 : mode == 2 ? (sparse(rng) == 0 ? tri(rng) : 0) : tri(rng));
     TernarySlot slot;
     pack_slot(t.data(), N, K, 1.0f, slot);
