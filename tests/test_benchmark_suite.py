@@ -464,3 +464,19 @@ def test_bitnet_bench_lists_heads_and_bandwidth(model):
 def test_bitnet_bench_bad_lists(model, args, msg):
     r = _run("-m", "bitnet", "bench", "-m", model, "-p", "4", "-n", "4", "-r", "1", *args)
     assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_vs_llama_cpp_failure_keeps_bitnet_results(model, monkeypatch, capsys):
+    """llama.cpp failing on the file (it refuses some files ours loads) must not lose the minutes
+    of bitnet measurements before it: the table prints, the reason goes to stderr, exit 2."""
+    from bitnet.cli import main
+
+    def refuse(*a, **k):
+        raise ValueError(f"Failed to load model from file: {model}")
+
+    monkeypatch.setattr(bench, "bench_llama_cpp", refuse)
+    rc = main(["bench", "-m", model, "-p", "4", "-n", "2", "-r", "1", "-t", "1", "--vs", "llama.cpp", "-q"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "| bitnet | 1 | pp4 |" in out and "| bitnet | 1 | tg2 |" in out and "llama.cpp |" not in out
+    assert "llama.cpp could not run" in err and "Failed to load model from file" in err

@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Union
@@ -259,13 +260,17 @@ def main(args: argparse.Namespace) -> int:
     results: List[BenchResult] = []
     decode: List[DecodeInfo] = []
     bandwidth = {}
+    peer_error = None   # llama.cpp failed (e.g. cannot load the file): bitnet's results still print
     for threads in threads_list:
         for fast in heads:
             results += bench_bitnet(args.model, args.n_prompt, args.n_gen, threads, args.reps, batches, fast,
                                     device=getattr(args, "device", None), decode=decode,
                                     progress=enabled(getattr(args, "progress", False)))
-        if args.vs == "llama.cpp":
-            results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps)
+        if args.vs == "llama.cpp" and peer_error is None:
+            try:
+                results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps)
+            except (ValueError, RuntimeError, OSError) as e:
+                peer_error = e
         if args.bandwidth:
             bandwidth[threads] = machine_read_bandwidth(1 << 30, threads, 3)
     print(format_table(args.model, results))
@@ -273,4 +278,8 @@ def main(args: argparse.Namespace) -> int:
         print(_decode_report(decode, bandwidth))
     for threads, bw in bandwidth.items():
         print(f"machine read bandwidth ({threads} threads, best load width, huge pages): {bw:.1f} GB/s")
+    if peer_error is not None:
+        print(f"bitnet: error: --vs llama.cpp: llama.cpp could not run {args.model} ({peer_error}); "
+              "bitnet's results above are complete, without the llama.cpp rows and ratios", file=sys.stderr)
+        return 2
     return 0
