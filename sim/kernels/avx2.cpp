@@ -68,18 +68,18 @@ inline int32_t hsum_scaled(__m256i v) {
 constexpr int64_t kFlushGroups = 8;
 
 // RB weight rows (row r at w + r * row_bytes) times TB activation rows (row t at q + t * ldq),
-// groups [g0, g1): s32 (RB * TB vectors of 8 int32, in memory: they are touched once per flush)
+// all `groups` groups of the rows: s32 (RB * TB vectors of 8 int32, in memory: they are touched once per flush)
 // += lane sums of c * q. Each row's codes are expanded once per group and used by all TB rows;
 // one int16 accumulator per (r, t) pair. pf (may be null): the next RB rows, prefetched one
 // cache line per 64 bytes of this call's progress through its own rows (the weight stream from
 // memory: without it a thread read 4.2 GB/s of weights, with it 9.5).
 template <int RB, int TB>
-inline void micro(const uint8_t* w, int64_t row_bytes, const int8_t* q, int64_t ldq, int64_t g0, int64_t g1,
+inline void micro(const uint8_t* w, int64_t row_bytes, const int8_t* q, int64_t ldq, int64_t groups,
                   __m256i* s32, const uint8_t* pf, const uint8_t* pf_end) {
     const __m256i mask = lane_masks();
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t c0 = g0; c0 < g1; c0 += kFlushGroups) {
-        const int64_t c1 = g1 - c0 < kFlushGroups ? g1 : c0 + kFlushGroups;
+    for (int64_t c0 = 0; c0 < groups; c0 += kFlushGroups) {
+        const int64_t c1 = groups - c0 < kFlushGroups ? groups : c0 + kFlushGroups;
         __m256i s16[RB][TB];
         for (int r = 0; r < RB; ++r)
             for (int t = 0; t < TB; ++t) s16[r][t] = _mm256_setzero_si256();
@@ -125,7 +125,7 @@ void tile(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t
     for (int i = 0; i < RB * TB; ++i) s32[i] = _mm256_setzero_si256();
     const uint8_t* w = s.packed.data() + j * s.row_bytes;
     const uint8_t* end = s.packed.data() + s.packed.size();
-    micro<RB, TB>(w, s.row_bytes, a.q + b * a.ldq, a.ldq, 0, s.row_bytes / 16, s32,
+    micro<RB, TB>(w, s.row_bytes, a.q + b * a.ldq, a.ldq, s.row_bytes / 16, s32,
                   prefetch ? w + RB * s.row_bytes : nullptr, end);
     for (int r = 0; r < RB; ++r)
         for (int t = 0; t < TB; ++t) acc[(b + t) * ldacc + j + r] = hsum_scaled(s32[r * TB + t]) - a.qsum[b + t];
@@ -238,6 +238,16 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
     }
 }
 
+// The contract's final sum of 16 lane partial sums (docs/NUMERICS.md; lane: 32-byte aligned):
+// s[l] += s[l+8], s[l] += s[l+4], s[l] += s[l+2], then s[0] + s[1].
+inline float sum_lanes(const float lane[16]) {
+    const __m256 s8 = _mm256_add_ps(_mm256_load_ps(lane), _mm256_load_ps(lane + 8));
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    return _mm_cvtss_f32(s1);
+}
+
 // RB fp16 rows (row r at e + r * ld) against XB vectors: the 16 lanes of the contract's order
 // are two ymm halves per (row, vector) pair; several rows side by side keep the FP adders busy
 // (each lane's sum is one dependency chain). kPrefetch: the same columns of the next RB rows
@@ -271,11 +281,7 @@ void dot_f16_block(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, i
                 const float p = _cvtsh_ss(er[k]) * xw[k];
                 lane[k % 16] = lane[k % 16] + p;
             }
-            const __m256 s8 = _mm256_add_ps(_mm256_load_ps(lane), _mm256_load_ps(lane + 8));
-            const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-            const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-            out[w * ldo + r] = _mm_cvtss_f32(s1);
+            out[w * ldo + r] = sum_lanes(lane);
         }
 }
 
@@ -313,11 +319,7 @@ void avx2_dot_f32(const float* rows_, int64_t ld, int64_t n_rows, const float* x
             const float p = e[i] * x[i];
             lane[i % 16] = lane[i % 16] + p;
         }
-        const __m256 s8 = _mm256_add_ps(_mm256_load_ps(lane), _mm256_load_ps(lane + 8));
-        const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-        const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        out[r] = _mm_cvtss_f32(s1);
+        out[r] = sum_lanes(lane);
     }
 }
 
