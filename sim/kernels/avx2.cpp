@@ -163,55 +163,83 @@ void buffered_tile(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ld
         }
 }
 
-// The prefill tile written in GNU inline assembly: 2 weight rows x 6 activation rows, the
-// shape that fills the 16 ymm registers (12 int16 accumulators, 2 code rows, one activation
-// row, one product). Per step of 32 elements: 2 + 6 loads, 12 VPMADDUBSW, 12 VPADDW and 3
-// loop instructions. GCC compiles the same loop from intrinsics (buffered_tile<2, TB>) with
-// the activation loads folded into every multiply and a register copy per accumulator; on Zen 3
-// (one thread, codes and activations in L1, best of 40 runs) that reaches 106-118 multiply-adds
-// per ns, this loop 145 (VPMADDUBSW alone peaks at 160 there). `steps` >= 1; the sums of each
-// (row, activation row) pair go to s16[r * 6 + t] (16 int16 lanes, 32-byte aligned).
+// The prefill tiles written in GNU inline assembly: 2 weight rows x TB activation rows (TB = 6
+// fills the 16 ymm registers: 12 int16 accumulators, 2 code rows, one activation row, one
+// product; TB = 4 leaves 4 unused). Per step of 32 elements: 2 + TB loads, 2 TB VPMADDUBSW,
+// 2 TB VPADDW and 3 loop instructions. GCC compiles the same loop from intrinsics
+// (buffered_tile<2, TB>) with the activation loads folded into every multiply and a register
+// copy per accumulator; on Zen 3 (one thread, codes and activations in L1, best of 40 runs)
+// that reaches 106-118 multiply-adds per ns, these loops 138 (2 x 4) and 145 (2 x 6);
+// VPMADDUBSW alone peaks at 160 there. `steps` >= 1; the sums of the pair (row r, activation
+// row t) go to s16[r * TB + t] (16 int16 lanes, 32-byte aligned).
+#define BITNET_ZERO(a) "vpxor %%xmm" #a ", %%xmm" #a ", %%xmm" #a "\n\t"
+#define BITNET_MT(c, a) "vpmaddubsw %%ymm14, %%ymm" #c ", %%ymm15\n\tvpaddw %%ymm15, %%ymm" #a ", %%ymm" #a "\n\t"
+#define BITNET_ROW(qp, a, b) "vmovdqu (%[" qp "],%[off]), %%ymm14\n\t" BITNET_MT(0, a) BITNET_MT(1, b)
+#define BITNET_STORE(a, at) "vmovdqa %%ymm" #a ", " #at "(%[s])\n\t"
+#define BITNET_LOOP_HEAD "1:\n\tvmovdqa (%[c0],%[off]), %%ymm0\n\tvmovdqa (%[c1],%[off]), %%ymm1\n\t"
+#define BITNET_LOOP_TAIL "add $32, %[off]\n\tcmp %[end], %[off]\n\tjne 1b\n\t"
+#define BITNET_CLOBBERS "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", \
+                        "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
+
 inline void asm_tile_2x6(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps,
                          int16_t (*s16)[16]) {
     int64_t off = 0;
     const int64_t end = steps * 32;
-#define BITNET_MT(c, a) "vpmaddubsw %%ymm14, %%ymm" #c ", %%ymm15\n\tvpaddw %%ymm15, %%ymm" #a ", %%ymm" #a "\n\t"
-#define BITNET_ROW(qp, a, b) "vmovdqu (%[" qp "],%[off]), %%ymm14\n\t" BITNET_MT(0, a) BITNET_MT(1, b)
     __asm__ volatile(
-        "vpxor %%xmm2, %%xmm2, %%xmm2\n\tvpxor %%xmm3, %%xmm3, %%xmm3\n\tvpxor %%xmm4, %%xmm4, %%xmm4\n\t"
-        "vpxor %%xmm5, %%xmm5, %%xmm5\n\tvpxor %%xmm6, %%xmm6, %%xmm6\n\tvpxor %%xmm7, %%xmm7, %%xmm7\n\t"
-        "vpxor %%xmm8, %%xmm8, %%xmm8\n\tvpxor %%xmm9, %%xmm9, %%xmm9\n\tvpxor %%xmm10, %%xmm10, %%xmm10\n\t"
-        "vpxor %%xmm11, %%xmm11, %%xmm11\n\tvpxor %%xmm12, %%xmm12, %%xmm12\n\tvpxor %%xmm13, %%xmm13, %%xmm13\n\t"
-        "1:\n\t"
-        "vmovdqa (%[c0],%[off]), %%ymm0\n\t"
-        "vmovdqa (%[c1],%[off]), %%ymm1\n\t"
+        BITNET_ZERO(2) BITNET_ZERO(3) BITNET_ZERO(4) BITNET_ZERO(5) BITNET_ZERO(6) BITNET_ZERO(7)
+        BITNET_ZERO(8) BITNET_ZERO(9) BITNET_ZERO(10) BITNET_ZERO(11) BITNET_ZERO(12) BITNET_ZERO(13)
+        BITNET_LOOP_HEAD
         BITNET_ROW("q0", 2, 3) BITNET_ROW("q1", 4, 5) BITNET_ROW("q2", 6, 7)
         BITNET_ROW("q3", 8, 9) BITNET_ROW("q4", 10, 11) BITNET_ROW("q5", 12, 13)
-        "add $32, %[off]\n\t"
-        "cmp %[end], %[off]\n\t"
-        "jne 1b\n\t"
-        "vmovdqa %%ymm2, 0(%[s])\n\tvmovdqa %%ymm4, 32(%[s])\n\tvmovdqa %%ymm6, 64(%[s])\n\t"
-        "vmovdqa %%ymm8, 96(%[s])\n\tvmovdqa %%ymm10, 128(%[s])\n\tvmovdqa %%ymm12, 160(%[s])\n\t"
-        "vmovdqa %%ymm3, 192(%[s])\n\tvmovdqa %%ymm5, 224(%[s])\n\tvmovdqa %%ymm7, 256(%[s])\n\t"
-        "vmovdqa %%ymm9, 288(%[s])\n\tvmovdqa %%ymm11, 320(%[s])\n\tvmovdqa %%ymm13, 352(%[s])\n\t"
+        BITNET_LOOP_TAIL
+        BITNET_STORE(2, 0) BITNET_STORE(4, 32) BITNET_STORE(6, 64) BITNET_STORE(8, 96) BITNET_STORE(10, 128)
+        BITNET_STORE(12, 160) BITNET_STORE(3, 192) BITNET_STORE(5, 224) BITNET_STORE(7, 256) BITNET_STORE(9, 288)
+        BITNET_STORE(11, 320) BITNET_STORE(13, 352)
         : [off] "+r"(off)
         : [c0] "r"(codes), [c1] "r"(codes + ld), [q0] "r"(q), [q1] "r"(q + ldq), [q2] "r"(q + 2 * ldq),
           [q3] "r"(q + 3 * ldq), [q4] "r"(q + 4 * ldq), [q5] "r"(q + 5 * ldq), [end] "r"(end), [s] "r"(s16)
-        : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
-          "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
-#undef BITNET_ROW
-#undef BITNET_MT
+        : BITNET_CLOBBERS);
 }
 
-// asm_tile_2x6 plus the widening and the store (as buffered_tile).
-void buffered_tile_2x6(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps,
+inline void asm_tile_2x4(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps,
+                         int16_t (*s16)[16]) {
+    int64_t off = 0;
+    const int64_t end = steps * 32;
+    __asm__ volatile(
+        BITNET_ZERO(2) BITNET_ZERO(3) BITNET_ZERO(4) BITNET_ZERO(5) BITNET_ZERO(6) BITNET_ZERO(7)
+        BITNET_ZERO(8) BITNET_ZERO(9)
+        BITNET_LOOP_HEAD
+        BITNET_ROW("q0", 2, 3) BITNET_ROW("q1", 4, 5) BITNET_ROW("q2", 6, 7) BITNET_ROW("q3", 8, 9)
+        BITNET_LOOP_TAIL
+        BITNET_STORE(2, 0) BITNET_STORE(4, 32) BITNET_STORE(6, 64) BITNET_STORE(8, 96)
+        BITNET_STORE(3, 128) BITNET_STORE(5, 160) BITNET_STORE(7, 192) BITNET_STORE(9, 224)
+        : [off] "+r"(off)
+        : [c0] "r"(codes), [c1] "r"(codes + ld), [q0] "r"(q), [q1] "r"(q + ldq), [q2] "r"(q + 2 * ldq),
+          [q3] "r"(q + 3 * ldq), [end] "r"(end), [s] "r"(s16)
+        : BITNET_CLOBBERS);
+}
+#undef BITNET_ZERO
+#undef BITNET_MT
+#undef BITNET_ROW
+#undef BITNET_STORE
+#undef BITNET_LOOP_HEAD
+#undef BITNET_LOOP_TAIL
+#undef BITNET_CLOBBERS
+
+// asm_tile_2xTB plus the widening and the store (as buffered_tile).
+template <int TB>
+void buffered_tile_asm(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps,
                        const int32_t* qsum, bool first, int32_t* acc, int64_t ldacc) {
-    alignas(32) int16_t s16[12][16];
-    asm_tile_2x6(codes, ld, q, ldq, steps, s16);
+    static_assert(TB == 4 || TB == 6, "asm tiles: 2 x 4 and 2 x 6");
+    alignas(32) int16_t s16[2 * TB][16];
+    if (TB == 6)
+        asm_tile_2x6(codes, ld, q, ldq, steps, s16);
+    else
+        asm_tile_2x4(codes, ld, q, ldq, steps, s16);
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < 2; ++r)
-        for (int t = 0; t < 6; ++t) {
-            const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(s16[r * 6 + t]));
+        for (int t = 0; t < TB; ++t) {
+            const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(s16[r * TB + t]));
             const int32_t sum = hsum_epi32(_mm256_madd_epi16(v, ones));
             int32_t& out = acc[t * ldacc + r];
             out = first ? sum - qsum[t] : out + sum;
@@ -225,8 +253,8 @@ void buffered_block(const uint8_t* codes, int64_t ld, int64_t rows, const int8_t
                     const int32_t* qsum, bool first, int32_t* acc, int64_t ldacc) {
     int64_t r = 0;
     for (; r + 2 <= rows; r += 2) {
-        if (TB == 6)
-            buffered_tile_2x6(codes + r * ld, ld, q, ldq, steps, qsum, first, acc + r, ldacc);
+        if (TB == 4 || TB == 6)
+            buffered_tile_asm<TB == 6 ? 6 : 4>(codes + r * ld, ld, q, ldq, steps, qsum, first, acc + r, ldacc);
         else
             buffered_tile<2, TB>(codes + r * ld, ld, q, ldq, steps, qsum, first, acc + r, ldacc);
     }
@@ -271,11 +299,18 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
     const int64_t kpad = s.row_bytes * 4;
     for (int64_t jb = j0; jb < j1; jb += kRowBlock) {
         const int64_t rows = j1 - jb < kRowBlock ? j1 - jb : kRowBlock;
+        // The same chunk of the next block's rows is prefetched while this one is expanded:
+        // the weights come from memory, and with few activation rows (batched decode) the
+        // expansion otherwise waits on every load.
+        const bool prefetch_next = jb + 2 * kRowBlock <= j1;
+        const int64_t next = kRowBlock * s.row_bytes;
         for (int64_t k0 = 0; k0 < kpad; k0 += kChunk) {
             const int64_t len = kpad - k0 < kChunk ? kpad - k0 : kChunk;
             for (int64_t r = 0; r < rows; ++r) {
                 const uint8_t* src = s.packed.data() + (jb + r) * s.row_bytes + k0 / 4;
                 for (int64_t g = 0; g < len / 64; ++g) {
+                    if (prefetch_next && (g & 3) == 0)
+                        _mm_prefetch(reinterpret_cast<const char*>(src + next + g * 16), _MM_HINT_T0);
                     const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + g * 16)));
                     _mm256_store_si256(reinterpret_cast<__m256i*>(codes + r * kChunk + g * 64), ex.lo(v));
                     _mm256_store_si256(reinterpret_cast<__m256i*>(codes + r * kChunk + g * 64 + 32), ex.hi(v));
@@ -284,7 +319,7 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
             const bool first = k0 == 0;
             const int64_t steps = len / 32;
             int64_t b = 0;
-            for (; b + 6 <= a.B; b += 6)
+            for (; b + 6 <= a.B && a.B - b != 8; b += 6)   // 8 rows left: two tiles of 4
                 buffered_block<6>(codes, kChunk, rows, a.q + b * a.ldq + k0, a.ldq, steps, a.qsum + b, first, acc + b * ldacc + jb, ldacc);
             for (; b + 4 <= a.B; b += 4)
                 buffered_block<4>(codes, kChunk, rows, a.q + b * a.ldq + k0, a.ldq, steps, a.qsum + b, first, acc + b * ldacc + jb, ldacc);
