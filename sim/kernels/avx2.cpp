@@ -226,6 +226,82 @@ inline void asm_tile_2x4(const uint8_t* codes, int64_t ld, const int8_t* q, int6
 #undef BITNET_LOOP_TAIL
 #undef BITNET_CLOBBERS
 
+// Batched decode in assembly: 2 weight rows x 4 activation rows straight from the slot layout
+// (no buffer: with a few activation rows, expanding the codes into memory costs about as much
+// as using them). Per 16-byte group: each row's codes are expanded in registers (Expand:
+// natural order, two VPSRLVQ + two ANDs), then each activation half (8 loads) meets both rows:
+// 16 VPMADDUBSW into 8 int16 accumulators. A pair sum is at most 2 * 2 * 128 = 512 in
+// magnitude and each accumulator takes two per group, so 32 groups (kSmallFlush) stay within
+// int16 (-32768 exactly when every code is 2 and every activation -128). `groups` in
+// [1, kSmallFlush]; the sums of (row r, activation row t) go to s16[r * 4 + t]. The GCC
+// version of this tile spilled its accumulators.
+constexpr int64_t kSmallFlush = 32;
+
+inline void asm_small_2x4(const uint8_t* w0, const uint8_t* w1, const int8_t* q, int64_t ldq, int64_t groups,
+                          int16_t (*s16)[16]) {
+    alignas(32) static const uint64_t shifts[8] = {0, 0, 2, 2, 4, 4, 6, 6};   // lo: (0 | 2), hi: (4 | 6)
+    int64_t off = 0;
+    const int64_t end = groups * 16;
+#define BITNET_ZERO(a) "vpxor %%xmm" #a ", %%xmm" #a ", %%xmm" #a "\n\t"
+#define BITNET_EXPAND(w, lo, hi)                                                                     \
+    "vbroadcasti128 (%[" w "],%[off]), %%ymm13\n\t"                                                   \
+    "vpsrlvq %%ymm14, %%ymm13, %%ymm" #lo "\n\tvpand %%ymm15, %%ymm" #lo ", %%ymm" #lo "\n\t"        \
+    "vpsrlvq 32(%[sh]), %%ymm13, %%ymm" #hi "\n\tvpand %%ymm15, %%ymm" #hi ", %%ymm" #hi "\n\t"
+#define BITNET_MT(c, a) "vpmaddubsw %%ymm12, %%ymm" #c ", %%ymm13\n\tvpaddw %%ymm13, %%ymm" #a ", %%ymm" #a "\n\t"
+#define BITNET_ACT(qp, a, b)                                                         \
+    "vmovdqu (%[" qp "],%[off],4), %%ymm12\n\t" BITNET_MT(8, a) BITNET_MT(10, b)      \
+    "vmovdqu 32(%[" qp "],%[off],4), %%ymm12\n\t" BITNET_MT(9, a) BITNET_MT(11, b)
+#define BITNET_STORE(a, at) "vmovdqa %%ymm" #a ", " #at "(%[s])\n\t"
+    __asm__ volatile(
+        BITNET_ZERO(0) BITNET_ZERO(1) BITNET_ZERO(2) BITNET_ZERO(3)
+        BITNET_ZERO(4) BITNET_ZERO(5) BITNET_ZERO(6) BITNET_ZERO(7)
+        "vmovdqa (%[sh]), %%ymm14\n\t"
+        "vpcmpeqb %%ymm15, %%ymm15, %%ymm15\n\tvpsrlw $14, %%ymm15, %%ymm15\n\t"   // 0x0003 words
+        "vpacksswb %%ymm15, %%ymm15, %%ymm15\n\t"                                  // 0x03 bytes
+        "1:\n\t"
+        BITNET_EXPAND("w0", 8, 9) BITNET_EXPAND("w1", 10, 11)
+        BITNET_ACT("q0", 0, 4) BITNET_ACT("q1", 1, 5) BITNET_ACT("q2", 2, 6) BITNET_ACT("q3", 3, 7)
+        "add $16, %[off]\n\t"
+        "cmp %[end], %[off]\n\t"
+        "jne 1b\n\t"
+        BITNET_STORE(0, 0) BITNET_STORE(1, 32) BITNET_STORE(2, 64) BITNET_STORE(3, 96)
+        BITNET_STORE(4, 128) BITNET_STORE(5, 160) BITNET_STORE(6, 192) BITNET_STORE(7, 224)
+        : [off] "+r"(off)
+        : [w0] "r"(w0), [w1] "r"(w1), [q0] "r"(q), [q1] "r"(q + ldq), [q2] "r"(q + 2 * ldq), [q3] "r"(q + 3 * ldq),
+          [end] "r"(end), [sh] "r"(shifts), [s] "r"(s16)
+        : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+          "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+#undef BITNET_ZERO
+#undef BITNET_EXPAND
+#undef BITNET_MT
+#undef BITNET_ACT
+#undef BITNET_STORE
+}
+
+// Rows j, j + 1 x activation rows [b, b + 4), whole rows, through asm_small_2x4 in runs of
+// kSmallFlush groups, widened into int32 sums between runs. pf (may be null): rows to prefetch
+// (two rows, each row_bytes long) while this tile runs.
+void small_tile_2x4(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t* acc, int64_t ldacc,
+                    const uint8_t* pf) {
+    const int64_t rb = s.row_bytes, groups = rb / 16;
+    if (pf)
+        for (int64_t i = 0; i < 2 * rb; i += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + i), _MM_HINT_T0);
+    const uint8_t* w = s.packed.data() + j * rb;
+    const int8_t* q = a.q + b * a.ldq;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i s32[8];
+    for (int i = 0; i < 8; ++i) s32[i] = _mm256_setzero_si256();
+    alignas(32) int16_t s16[8][16];
+    for (int64_t g0 = 0; g0 < groups; g0 += kSmallFlush) {
+        const int64_t n = groups - g0 < kSmallFlush ? groups - g0 : kSmallFlush;
+        asm_small_2x4(w + g0 * 16, w + rb + g0 * 16, q + g0 * 64, a.ldq, n, s16);
+        for (int i = 0; i < 8; ++i)
+            s32[i] = _mm256_add_epi32(s32[i], _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(s16[i])), ones));
+    }
+    for (int r = 0; r < 2; ++r)
+        for (int t = 0; t < 4; ++t) acc[(b + t) * ldacc + j + r] = hsum_epi32(s32[r * 4 + t]) - a.qsum[b + t];
+}
+
 // asm_tile_2xTB plus the widening and the store (as buffered_tile).
 template <int TB>
 void buffered_tile_asm(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps,
@@ -280,7 +356,21 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
         return;
     }
     if (a.B <= kSmallBatch) {
-        for (int64_t j = j0; j < j1; ++j) {
+        int64_t j = j0;
+        if (a.B >= 4)   // pairs of rows against tiles of 4 activation rows; the rest one row at a time
+            for (; j + 2 <= j1; j += 2) {
+                const uint8_t* pf = j + 4 <= j1 ? s.packed.data() + (j + 2) * s.row_bytes : nullptr;
+                int64_t b = 0;
+                for (; b + 4 <= a.B; b += 4) small_tile_2x4(s, a, j, b, acc, ldacc, b == 0 ? pf : nullptr);
+                for (int64_t r = j; r < j + 2; ++r)
+                    switch (a.B - b) {
+                        case 3: tile<1, 3>(s, a, r, b, acc, ldacc, false); break;
+                        case 2: tile<1, 2>(s, a, r, b, acc, ldacc, false); break;
+                        case 1: tile<1, 1>(s, a, r, b, acc, ldacc, false); break;
+                        default: break;
+                    }
+            }
+        for (; j < j1; ++j) {
             int64_t b = 0;
             for (; b + 4 <= a.B; b += 4) tile<1, 4>(s, a, j, b, acc, ldacc, b == 0);
             switch (a.B - b) {
