@@ -4,9 +4,11 @@
 // Ternary GEMM/GEMV: VPMADDUBSW multiplies codes c = t + 1 (unsigned) by activations (signed)
 // into int16 pair sums, which are accumulated in int16 as long as they provably fit and then
 // widened with VPMADDWD against ones; acc = sum(c * q) - sum(q). GEMV and small batches expand
-// each 16-byte group of the slot layout in registers (Codes: one AND per 32 codes, lane 1
-// scaled by 4); prefill expands blocks of rows into an L1 buffer once (Expand: natural codes)
-// and reuses them for every activation row.
+// each 16-byte group of the slot layout in registers (GEMV: Codes, one AND per 32 codes, lane 1
+// scaled by 4; batches: Expand, natural codes); prefill expands blocks of rows into an L1
+// buffer once (Expand) and reuses them for every activation row. The batch and prefill inner
+// loops are GNU inline assembly (x86-64 GCC and Clang): written with intrinsics, GCC folded
+// loads into the multiplies, copied registers or spilled accumulators, and ran 20-40% slower.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
@@ -341,13 +343,14 @@ void buffered_block(const uint8_t* codes, int64_t ld, int64_t rows, const int8_t
 // tile's rows prefetched (one thread over 30 slots of 6912 x 2560 from memory: 4.2 -> 9.5 GB/s
 // of weights against the 4-row tile that shifted codes with VPSRLVQ and widened every group
 // with VPMADDWD; two threads 6.4 -> 16.0). Small batches (up to kSmallBatch rows, batched
-// decode): one weight row against tiles of 4 activation rows, the row's codes expanded in
-// registers once per tile (batch 8, one thread: 1.6 -> 2.7-2.9 GB/s of weights). Larger
-// batches (prefill): a block of kRowBlock weight rows is expanded, one k-chunk of kChunk
-// elements at a time, into a 16 KiB buffer that stays in L1, and each tile of 4 activation
-// rows (its chunk also in L1) sweeps it in tiles of 2 weight rows x 4 activation rows (8 int16
-// accumulators, 2 code and one activation register). Batch 128, one thread, one 6912 x 2560
-// slot: 41 -> 26 ms (87 multiply-adds per ns; the tile alone on L1 data: 80-100).
+// decode): pairs of weight rows against tiles of 4 activation rows (asm_small_2x4), the
+// remaining activation rows and a last odd weight row one row at a time (tile<1, TB>, codes
+// expanded once per tile). Batch 8, 6912 x 2560 slots: in cache, one thread, 94 -> 113
+// multiply-adds/ns against the one-row tiles alone. Larger batches (prefill): a block of
+// kRowBlock weight rows is expanded, one k-chunk of kChunk elements at a time, into a 16 KiB
+// buffer that stays in L1, and each tile of 6 (or 4) activation rows (its chunk also in L1)
+// sweeps it in tiles of 2 weight rows (asm_tile_2x6, asm_tile_2x4). Batch 128, one thread, one
+// 6912 x 2560 slot in cache: 111 multiply-adds per ns (66 with the intrinsic 2 x 4 tile).
 void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
     if (a.B == 1) {
         int64_t j = j0;
@@ -472,31 +475,28 @@ void dot_f16_block(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, i
         }
 }
 
-// Several vectors, one k-chunk: rows [0, RB) x XB vectors over elements [i0, i1) (multiples of
-// 16), continuing the 16 lane sums kept in acc[(r * XB + w) * 16 ...] (the same order as one
-// pass: each lane adds its products in increasing k).
-template <int RB, int XB>
-void dot_f16_chunk(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, int64_t i0, int64_t i1, float* acc) {
-    __m256 a0[RB][XB], a1[RB][XB];
-    for (int r = 0; r < RB; ++r)
+// One row against XB vectors over elements [i0, i1) (multiples of 16), continuing the 16 lane
+// sums kept in acc[w * 16 ...] (the same order as one pass: each lane adds its products in
+// increasing k). The row's chunk is converted once for the XB vectors.
+template <int XB>
+void dot_f16_chunk(const uint16_t* e, const float* x, int64_t ldx, int64_t i0, int64_t i1, float* acc) {
+    __m256 a0[XB], a1[XB];
+    for (int w = 0; w < XB; ++w) {
+        a0[w] = _mm256_load_ps(acc + w * 16);
+        a1[w] = _mm256_load_ps(acc + w * 16 + 8);
+    }
+    for (int64_t i = i0; i < i1; i += 16) {
+        const __m256 e0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i)));
+        const __m256 e1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i + 8)));
         for (int w = 0; w < XB; ++w) {
-            a0[r][w] = _mm256_load_ps(acc + (r * XB + w) * 16);
-            a1[r][w] = _mm256_load_ps(acc + (r * XB + w) * 16 + 8);
+            a0[w] = _mm256_add_ps(a0[w], _mm256_mul_ps(e0, _mm256_loadu_ps(x + w * ldx + i)));
+            a1[w] = _mm256_add_ps(a1[w], _mm256_mul_ps(e1, _mm256_loadu_ps(x + w * ldx + i + 8)));
         }
-    for (int64_t i = i0; i < i1; i += 16)
-        for (int r = 0; r < RB; ++r) {
-            const __m256 e0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + r * ld + i)));
-            const __m256 e1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + r * ld + i + 8)));
-            for (int w = 0; w < XB; ++w) {
-                a0[r][w] = _mm256_add_ps(a0[r][w], _mm256_mul_ps(e0, _mm256_loadu_ps(x + w * ldx + i)));
-                a1[r][w] = _mm256_add_ps(a1[r][w], _mm256_mul_ps(e1, _mm256_loadu_ps(x + w * ldx + i + 8)));
-            }
-        }
-    for (int r = 0; r < RB; ++r)
-        for (int w = 0; w < XB; ++w) {
-            _mm256_store_ps(acc + (r * XB + w) * 16, a0[r][w]);
-            _mm256_store_ps(acc + (r * XB + w) * 16 + 8, a1[r][w]);
-        }
+    }
+    for (int w = 0; w < XB; ++w) {
+        _mm256_store_ps(acc + w * 16, a0[w]);
+        _mm256_store_ps(acc + w * 16 + 8, a1[w]);
+    }
 }
 
 // One vector (the exact head at batch 1, memory-bound): 4 rows at a time with the next 4
@@ -508,8 +508,8 @@ void dot_f16_chunk(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, i
 // wait in a 4 KiB buffer between chunks; each row's chunk is prefetched kAhead rows ahead
 // (without it the first tile stalls on the row's loads). Whole rows against tiles of 4 vectors
 // re-read the vectors, 80 KiB for 8, from L2 for every row. 8 vectors over the 2B-4T head, two
-// threads, Zen 3: 96-104 -> 80-93 ms (alternating runs); in cache, one thread, the loop does
-// 20-21 multiply-adds per ns, against ~29 for the same instructions written in assembly.
+// threads, Zen 3: 96-104 -> 80-93 ms (alternating runs); in cache, one thread, 20-21
+// multiply-adds per ns.
 void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t nx,
                   int64_t n, float* out, int64_t ldo) {
     if (nx == 1) {
@@ -536,9 +536,9 @@ void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float
                     const float* xw = x + w0 * ldx;
                     float* a = acc + r * nv * 16;
                     int64_t w = 0;
-                    for (; w + 4 <= nv; w += 4) dot_f16_chunk<1, 4>(e, ld, xw + w * ldx, ldx, i0, i1, a + w * 16);
-                    if (w + 2 <= nv) dot_f16_chunk<1, 2>(e, ld, xw + w * ldx, ldx, i0, i1, a + w * 16), w += 2;
-                    if (w < nv) dot_f16_chunk<1, 1>(e, ld, xw + w * ldx, ldx, i0, i1, a + w * 16);
+                    for (; w + 4 <= nv; w += 4) dot_f16_chunk<4>(e, xw + w * ldx, ldx, i0, i1, a + w * 16);
+                    if (w + 2 <= nv) dot_f16_chunk<2>(e, xw + w * ldx, ldx, i0, i1, a + w * 16), w += 2;
+                    if (w < nv) dot_f16_chunk<1>(e, xw + w * ldx, ldx, i0, i1, a + w * 16);
                 }
             }
             for (int64_t r = 0; r < rows; ++r)
