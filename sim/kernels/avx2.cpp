@@ -140,6 +140,13 @@ void tile(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t
 constexpr int64_t kBufferedMaxSteps = 64;
 constexpr int64_t kSmallBatch = 8;
 
+// The buffered tiles' result for one (weight row, activation row) pair: the int16 lane sums
+// widened and added up; out = sum - qsum on the first k-chunk, out += sum after it.
+inline void add_pair_sum(__m256i s16, int32_t qsum, bool first, int32_t& out) {
+    const int32_t sum = hsum_epi32(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+    out = first ? sum - qsum : out + sum;
+}
+
 template <int RB, int TB>
 void buffered_tile(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps, const int32_t* qsum,
                    bool first, int32_t* acc, int64_t ldacc) {
@@ -156,13 +163,8 @@ void buffered_tile(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ld
             for (int r = 0; r < RB; ++r) s16[r][t] = _mm256_add_epi16(_mm256_maddubs_epi16(c[r], x), s16[r][t]);
         }
     }
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < RB; ++r)
-        for (int t = 0; t < TB; ++t) {
-            const int32_t sum = hsum_epi32(_mm256_madd_epi16(s16[r][t], ones));
-            int32_t& out = acc[t * ldacc + r];
-            out = first ? sum - qsum[t] : out + sum;
-        }
+        for (int t = 0; t < TB; ++t) add_pair_sum(s16[r][t], qsum[t], first, acc[t * ldacc + r]);
 }
 
 // The prefill tiles written in GNU inline assembly: 2 weight rows x TB activation rows (TB = 6
@@ -314,14 +316,10 @@ void buffered_tile_asm(const uint8_t* codes, int64_t ld, const int8_t* q, int64_
         asm_tile_2x6(codes, ld, q, ldq, steps, s16);
     else
         asm_tile_2x4(codes, ld, q, ldq, steps, s16);
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < 2; ++r)
-        for (int t = 0; t < TB; ++t) {
-            const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(s16[r * TB + t]));
-            const int32_t sum = hsum_epi32(_mm256_madd_epi16(v, ones));
-            int32_t& out = acc[t * ldacc + r];
-            out = first ? sum - qsum[t] : out + sum;
-        }
+        for (int t = 0; t < TB; ++t)
+            add_pair_sum(_mm256_load_si256(reinterpret_cast<const __m256i*>(s16[r * TB + t])), qsum[t], first,
+                         acc[t * ldacc + r]);
 }
 
 // One tile of TB activation rows against every weight row of the buffer (pairs, then a last
@@ -438,6 +436,16 @@ inline float sum_lanes(const float lane[16]) {
     return _mm_cvtss_f32(s1);
 }
 
+// The scalar tail of one fp16 dot product, elements [from, n) added to their lanes in order,
+// then the 16 lanes summed (lane: 32-byte aligned).
+inline float finish_f16(float lane[16], const uint16_t* e, const float* x, int64_t from, int64_t n) {
+    for (int64_t k = from; k < n; ++k) {
+        const float p = _cvtsh_ss(e[k]) * x[k];
+        lane[k % 16] = lane[k % 16] + p;
+    }
+    return sum_lanes(lane);
+}
+
 // RB fp16 rows (row r at e + r * ld) against XB vectors: the 16 lanes of the contract's order
 // are two ymm halves per (row, vector) pair; several rows side by side keep the FP adders busy
 // (each lane's sum is one dependency chain). kPrefetch: the same columns of the next RB rows
@@ -467,11 +475,7 @@ void dot_f16_block(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, i
             alignas(32) float lane[16];
             _mm256_store_ps(lane, a0[r][w]);
             _mm256_store_ps(lane + 8, a1[r][w]);
-            for (int64_t k = i; k < n; ++k) {
-                const float p = _cvtsh_ss(er[k]) * xw[k];
-                lane[k % 16] = lane[k % 16] + p;
-            }
-            out[w * ldo + r] = sum_lanes(lane);
+            out[w * ldo + r] = finish_f16(lane, er, xw, i, n);
         }
 }
 
@@ -545,12 +549,7 @@ void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float
                 for (int64_t w = 0; w < nv; ++w) {
                     const uint16_t* er = rows_ + (r0 + r) * ld;
                     const float* xw = x + (w0 + w) * ldx;
-                    float* lane = acc + (r * nv + w) * 16;
-                    for (int64_t k = n16; k < n; ++k) {
-                        const float p = _cvtsh_ss(er[k]) * xw[k];
-                        lane[k % 16] = lane[k % 16] + p;
-                    }
-                    out[(w0 + w) * ldo + r0 + r] = sum_lanes(lane);
+                    out[(w0 + w) * ldo + r0 + r] = finish_f16(acc + (r * nv + w) * 16, er, xw, n16, n);
                 }
         }
     }
