@@ -136,35 +136,43 @@ void tile(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t
 // Batches: codes already expanded to bytes (buffer rows of ld bytes, natural element order),
 // RB weight rows x TB activation rows over `steps` steps of 32 elements; int16 accumulators
 // (pair sums at most 2 * 2 * 128, so 64 steps stay within int16: kBufferedMaxSteps), widened
-// at the end. Adds each pair's sum into acc (first: acc = sum - qsum).
+// into int32 sums after every run of 64 steps. Adds each pair's sum into acc (first: acc =
+// sum - qsum).
 constexpr int64_t kBufferedMaxSteps = 64;
 constexpr int64_t kSmallBatch = 8;
 
-// The buffered tiles' result for one (weight row, activation row) pair: the int16 lane sums
-// widened and added up; out = sum - qsum on the first k-chunk, out += sum after it.
-inline void add_pair_sum(__m256i s16, int32_t qsum, bool first, int32_t& out) {
-    const int32_t sum = hsum_epi32(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+// The buffered tiles' result for one (weight row, activation row) pair: the int32 lane sums
+// added up; out = sum - qsum on the first k-chunk, out += sum after it.
+inline void add_pair_sum(__m256i s32, int32_t qsum, bool first, int32_t& out) {
+    const int32_t sum = hsum_epi32(s32);
     out = first ? sum - qsum : out + sum;
 }
 
 template <int RB, int TB>
 void buffered_tile(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps, const int32_t* qsum,
                    bool first, int32_t* acc, int64_t ldacc) {
-    __m256i s16[RB][TB];
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i s32[RB][TB];
     for (int r = 0; r < RB; ++r)
-        for (int t = 0; t < TB; ++t) s16[r][t] = _mm256_setzero_si256();
-    const uint8_t* cp = codes;
-    const int8_t* qp = q;
-    for (int64_t k = 0; k < steps; ++k, cp += 32, qp += 32) {
-        __m256i c[RB];
-        for (int r = 0; r < RB; ++r) c[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(cp + r * ld));
-        for (int t = 0; t < TB; ++t) {
-            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp + t * ldq));
-            for (int r = 0; r < RB; ++r) s16[r][t] = _mm256_add_epi16(_mm256_maddubs_epi16(c[r], x), s16[r][t]);
+        for (int t = 0; t < TB; ++t) s32[r][t] = _mm256_setzero_si256();
+    for (int64_t k0 = 0; k0 < steps; k0 += kBufferedMaxSteps) {
+        const int64_t k1 = steps - k0 < kBufferedMaxSteps ? steps : k0 + kBufferedMaxSteps;
+        __m256i s16[RB][TB];
+        for (int r = 0; r < RB; ++r)
+            for (int t = 0; t < TB; ++t) s16[r][t] = _mm256_setzero_si256();
+        for (int64_t k = k0; k < k1; ++k) {
+            __m256i c[RB];
+            for (int r = 0; r < RB; ++r) c[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(codes + k * 32 + r * ld));
+            for (int t = 0; t < TB; ++t) {
+                const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k * 32 + t * ldq));
+                for (int r = 0; r < RB; ++r) s16[r][t] = _mm256_add_epi16(_mm256_maddubs_epi16(c[r], x), s16[r][t]);
+            }
         }
+        for (int r = 0; r < RB; ++r)
+            for (int t = 0; t < TB; ++t) s32[r][t] = _mm256_add_epi32(s32[r][t], _mm256_madd_epi16(s16[r][t], ones));
     }
     for (int r = 0; r < RB; ++r)
-        for (int t = 0; t < TB; ++t) add_pair_sum(s16[r][t], qsum[t], first, acc[t * ldacc + r]);
+        for (int t = 0; t < TB; ++t) add_pair_sum(s32[r][t], qsum[t], first, acc[t * ldacc + r]);
 }
 
 // The prefill tiles written in GNU inline assembly: 2 weight rows x TB activation rows (TB = 6
@@ -174,60 +182,82 @@ void buffered_tile(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ld
 // (buffered_tile<2, TB>) with the activation loads folded into every multiply and a register
 // copy per accumulator; on Zen 3 (one thread, codes and activations in L1, best of 40 runs)
 // that reaches 106-118 multiply-adds per ns, these loops 138 (2 x 4) and 145 (2 x 6);
-// VPMADDUBSW alone peaks at 160 there. `steps` >= 1; the sums of the pair (row r, activation
-// row t) go to s16[r * TB + t] (16 int16 lanes, 32-byte aligned).
+// VPMADDUBSW alone peaks at 160 there. Any `steps` >= 1: the loop runs in runs of at most
+// kBufferedMaxSteps, after each of which the int16 sums are widened and added to s32 (the
+// flush costs 3 instructions per accumulator, against a call of the tile per 64 steps before:
+// a k-chunk need no longer end at 2048 elements). The int32 sums of the pair (row r,
+// activation row t) go to s32[r * TB + t] (8 lanes, 32-byte aligned, zeroed by the caller).
+static_assert(kBufferedMaxSteps * 32 == 2048, "BITNET_RUN_HEAD's run length");
+alignas(32) const int16_t kOnes16[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+
 #define BITNET_ZERO(a) "vpxor %%xmm" #a ", %%xmm" #a ", %%xmm" #a "\n\t"
 #define BITNET_MT(c, a) "vpmaddubsw %%ymm14, %%ymm" #c ", %%ymm15\n\tvpaddw %%ymm15, %%ymm" #a ", %%ymm" #a "\n\t"
 #define BITNET_ROW(qp, a, b) "vmovdqu (%[" qp "],%[off]), %%ymm14\n\t" BITNET_MT(0, a) BITNET_MT(1, b)
-#define BITNET_STORE(a, at) "vmovdqa %%ymm" #a ", " #at "(%[s])\n\t"
+// int16 sums widened (VPMADDWD against ones) and added to their int32 sums in s32.
+#define BITNET_FLUSH(a, at)                                                                          \
+    "vpmaddwd %[ones], %%ymm" #a ", %%ymm" #a "\n\tvpaddd " #at "(%[s]), %%ymm" #a ", %%ymm" #a "\n\t" \
+    "vmovdqa %%ymm" #a ", " #at "(%[s])\n\t"
+// Runs of at most kBufferedMaxSteps steps (2048 bytes): ie = min(off + 2048, end).
+#define BITNET_RUN_HEAD "lea 2048(%[off]), %[ie]\n\tcmp %[end], %[ie]\n\tcmova %[end], %[ie]\n\t"
 #define BITNET_LOOP_HEAD "1:\n\tvmovdqa (%[c0],%[off]), %%ymm0\n\tvmovdqa (%[c1],%[off]), %%ymm1\n\t"
-#define BITNET_LOOP_TAIL "add $32, %[off]\n\tcmp %[end], %[off]\n\tjne 1b\n\t"
+#define BITNET_LOOP_TAIL "add $32, %[off]\n\tcmp %[ie], %[off]\n\tjne 1b\n\t"
+#define BITNET_RUN_TAIL "cmp %[end], %[off]\n\tjne 0b\n\t"
 #define BITNET_CLOBBERS "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", \
                         "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
 
+// s32: 2 * TB vectors of 8 int32, zeroed by the caller.
 inline void asm_tile_2x6(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps,
-                         int16_t (*s16)[16]) {
-    int64_t off = 0;
+                         int32_t (*s32)[8]) {
+    int64_t off = 0, ie;
     const int64_t end = steps * 32;
     __asm__ volatile(
+        "0:\n\t"
         BITNET_ZERO(2) BITNET_ZERO(3) BITNET_ZERO(4) BITNET_ZERO(5) BITNET_ZERO(6) BITNET_ZERO(7)
         BITNET_ZERO(8) BITNET_ZERO(9) BITNET_ZERO(10) BITNET_ZERO(11) BITNET_ZERO(12) BITNET_ZERO(13)
+        BITNET_RUN_HEAD
         BITNET_LOOP_HEAD
         BITNET_ROW("q0", 2, 3) BITNET_ROW("q1", 4, 5) BITNET_ROW("q2", 6, 7)
         BITNET_ROW("q3", 8, 9) BITNET_ROW("q4", 10, 11) BITNET_ROW("q5", 12, 13)
         BITNET_LOOP_TAIL
-        BITNET_STORE(2, 0) BITNET_STORE(4, 32) BITNET_STORE(6, 64) BITNET_STORE(8, 96) BITNET_STORE(10, 128)
-        BITNET_STORE(12, 160) BITNET_STORE(3, 192) BITNET_STORE(5, 224) BITNET_STORE(7, 256) BITNET_STORE(9, 288)
-        BITNET_STORE(11, 320) BITNET_STORE(13, 352)
-        : [off] "+r"(off)
+        BITNET_FLUSH(2, 0) BITNET_FLUSH(4, 32) BITNET_FLUSH(6, 64) BITNET_FLUSH(8, 96) BITNET_FLUSH(10, 128)
+        BITNET_FLUSH(12, 160) BITNET_FLUSH(3, 192) BITNET_FLUSH(5, 224) BITNET_FLUSH(7, 256) BITNET_FLUSH(9, 288)
+        BITNET_FLUSH(11, 320) BITNET_FLUSH(13, 352)
+        BITNET_RUN_TAIL
+        : [off] "+r"(off), [ie] "=&r"(ie)
         : [c0] "r"(codes), [c1] "r"(codes + ld), [q0] "r"(q), [q1] "r"(q + ldq), [q2] "r"(q + 2 * ldq),
-          [q3] "r"(q + 3 * ldq), [q4] "r"(q + 4 * ldq), [q5] "r"(q + 5 * ldq), [end] "r"(end), [s] "r"(s16)
+          [q3] "r"(q + 3 * ldq), [q4] "r"(q + 4 * ldq), [q5] "r"(q + 5 * ldq), [end] "r"(end), [s] "r"(s32),
+          [ones] "m"(*reinterpret_cast<const __m256i*>(kOnes16))
         : BITNET_CLOBBERS);
 }
 
 inline void asm_tile_2x4(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps,
-                         int16_t (*s16)[16]) {
-    int64_t off = 0;
+                         int32_t (*s32)[8]) {
+    int64_t off = 0, ie;
     const int64_t end = steps * 32;
     __asm__ volatile(
+        "0:\n\t"
         BITNET_ZERO(2) BITNET_ZERO(3) BITNET_ZERO(4) BITNET_ZERO(5) BITNET_ZERO(6) BITNET_ZERO(7)
         BITNET_ZERO(8) BITNET_ZERO(9)
+        BITNET_RUN_HEAD
         BITNET_LOOP_HEAD
         BITNET_ROW("q0", 2, 3) BITNET_ROW("q1", 4, 5) BITNET_ROW("q2", 6, 7) BITNET_ROW("q3", 8, 9)
         BITNET_LOOP_TAIL
-        BITNET_STORE(2, 0) BITNET_STORE(4, 32) BITNET_STORE(6, 64) BITNET_STORE(8, 96)
-        BITNET_STORE(3, 128) BITNET_STORE(5, 160) BITNET_STORE(7, 192) BITNET_STORE(9, 224)
-        : [off] "+r"(off)
+        BITNET_FLUSH(2, 0) BITNET_FLUSH(4, 32) BITNET_FLUSH(6, 64) BITNET_FLUSH(8, 96)
+        BITNET_FLUSH(3, 128) BITNET_FLUSH(5, 160) BITNET_FLUSH(7, 192) BITNET_FLUSH(9, 224)
+        BITNET_RUN_TAIL
+        : [off] "+r"(off), [ie] "=&r"(ie)
         : [c0] "r"(codes), [c1] "r"(codes + ld), [q0] "r"(q), [q1] "r"(q + ldq), [q2] "r"(q + 2 * ldq),
-          [q3] "r"(q + 3 * ldq), [end] "r"(end), [s] "r"(s16)
+          [q3] "r"(q + 3 * ldq), [end] "r"(end), [s] "r"(s32), [ones] "m"(*reinterpret_cast<const __m256i*>(kOnes16))
         : BITNET_CLOBBERS);
 }
 #undef BITNET_ZERO
 #undef BITNET_MT
 #undef BITNET_ROW
-#undef BITNET_STORE
+#undef BITNET_FLUSH
+#undef BITNET_RUN_HEAD
 #undef BITNET_LOOP_HEAD
 #undef BITNET_LOOP_TAIL
+#undef BITNET_RUN_TAIL
 #undef BITNET_CLOBBERS
 
 // Batched decode in assembly: 2 weight rows x 4 activation rows straight from the slot layout
@@ -311,15 +341,33 @@ template <int TB>
 void buffered_tile_asm(const uint8_t* codes, int64_t ld, const int8_t* q, int64_t ldq, int64_t steps,
                        const int32_t* qsum, bool first, int32_t* acc, int64_t ldacc) {
     static_assert(TB == 4 || TB == 6, "asm tiles: 2 x 4 and 2 x 6");
-    alignas(32) int16_t s16[2 * TB][16];
+    alignas(32) int32_t s32[2 * TB][8];
+    for (int i = 0; i < 2 * TB; ++i) _mm256_store_si256(reinterpret_cast<__m256i*>(s32[i]), _mm256_setzero_si256());
     if (TB == 6)
-        asm_tile_2x6(codes, ld, q, ldq, steps, s16);
+        asm_tile_2x6(codes, ld, q, ldq, steps, s32);
     else
-        asm_tile_2x4(codes, ld, q, ldq, steps, s16);
-    for (int r = 0; r < 2; ++r)
-        for (int t = 0; t < TB; ++t)
-            add_pair_sum(_mm256_load_si256(reinterpret_cast<const __m256i*>(s16[r * TB + t])), qsum[t], first,
-                         acc[t * ldacc + r]);
+        asm_tile_2x4(codes, ld, q, ldq, steps, s32);
+    // Four pair sums at a time, reduced together by three VPHADDD and one cross-lane add into
+    // [(t, 0), (t, 1), (t + 1, 0), (t + 1, 1)], so the results of activation rows t and t + 1 go
+    // out as two 8-byte stores.
+    const auto wide = [&](int i) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(s32[i])); };
+    for (int t = 0; t < TB; t += 2) {
+        const __m256i ab = _mm256_hadd_epi32(wide(t), wide(TB + t));
+        const __m256i cd = _mm256_hadd_epi32(wide(t + 1), wide(TB + t + 1));
+        const __m256i abcd = _mm256_hadd_epi32(ab, cd);
+        __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+        int32_t* o0 = acc + t * ldacc;
+        int32_t* o1 = acc + (t + 1) * ldacc;
+        if (first) {
+            sum = _mm_sub_epi32(sum, _mm_setr_epi32(qsum[t], qsum[t], qsum[t + 1], qsum[t + 1]));
+        } else {
+            const __m128i prev = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(o0)),
+                                                    _mm_loadl_epi64(reinterpret_cast<const __m128i*>(o1)));
+            sum = _mm_add_epi32(sum, prev);
+        }
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(o0), sum);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(o1), _mm_unpackhi_epi64(sum, sum));
+    }
 }
 
 // One tile of TB activation rows against every weight row of the buffer (pairs, then a last
@@ -345,10 +393,14 @@ void buffered_block(const uint8_t* codes, int64_t ld, int64_t rows, const int8_t
 // remaining activation rows and a last odd weight row one row at a time (tile<1, TB>, codes
 // expanded once per tile). Batch 8, 6912 x 2560 slots: in cache, one thread, 94 -> 113
 // multiply-adds/ns against the one-row tiles alone. Larger batches (prefill): a block of
-// kRowBlock weight rows is expanded, one k-chunk of kChunk elements at a time, into a 16 KiB
-// buffer that stays in L1, and each tile of 6 (or 4) activation rows (its chunk also in L1)
-// sweeps it in tiles of 2 weight rows (asm_tile_2x6, asm_tile_2x4). Batch 128, one thread, one
-// 6912 x 2560 slot in cache: 111 multiply-adds per ns (66 with the intrinsic 2 x 4 tile).
+// kRowBlock weight rows is expanded, one k-chunk at a time, into a buffer of up to 20 KiB that
+// stays in L1, and each tile of 6 (or 4) activation rows (its chunk also in L1) sweeps it in
+// tiles of 2 weight rows (asm_tile_2x6, asm_tile_2x4). The k-chunks are equal parts of at most
+// kMaxChunk elements (K = 2560: one chunk of 80 steps; 6912: three of 72), so that every
+// tile call runs long: against chunks of 2048 (2048 + 512 for K = 2560), batch 128 over 30
+// slots from memory, two threads, 145 -> 167 multiply-adds/ns (6912 x 2560) and 154 -> 180
+// (2560 x 6912). Batch 128, one thread, one 6912 x 2560 slot in cache: 111 multiply-adds per
+// ns with chunks of 2048 (66 with the intrinsic 2 x 4 tile).
 void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
     if (a.B == 1) {
         int64_t j = j0;
@@ -383,11 +435,12 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
         }
         return;
     }
-    constexpr int64_t kRowBlock = 8, kChunk = 2048;
-    static_assert(kChunk / 32 <= kBufferedMaxSteps, "int16 accumulators");
-    alignas(32) uint8_t codes[kRowBlock * kChunk];
+    constexpr int64_t kRowBlock = 8, kMaxChunk = 2560;
+    alignas(32) uint8_t codes[kRowBlock * kMaxChunk];
     const Expand ex;
     const int64_t kpad = s.row_bytes * 4;
+    const int64_t n_chunks = (kpad + kMaxChunk - 1) / kMaxChunk;
+    const int64_t chunk = (kpad / 64 + n_chunks - 1) / n_chunks * 64;   // equal parts, whole groups
     for (int64_t jb = j0; jb < j1; jb += kRowBlock) {
         const int64_t rows = j1 - jb < kRowBlock ? j1 - jb : kRowBlock;
         // The same chunk of the next block's rows is prefetched while this one is expanded:
@@ -395,31 +448,31 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
         // expansion otherwise waits on every load.
         const bool prefetch_next = jb + 2 * kRowBlock <= j1;
         const int64_t next = kRowBlock * s.row_bytes;
-        for (int64_t k0 = 0; k0 < kpad; k0 += kChunk) {
-            const int64_t len = kpad - k0 < kChunk ? kpad - k0 : kChunk;
+        for (int64_t k0 = 0; k0 < kpad; k0 += chunk) {
+            const int64_t len = kpad - k0 < chunk ? kpad - k0 : chunk;
             for (int64_t r = 0; r < rows; ++r) {
                 const uint8_t* src = s.packed.data() + (jb + r) * s.row_bytes + k0 / 4;
                 for (int64_t g = 0; g < len / 64; ++g) {
                     if (prefetch_next && (g & 3) == 0)
                         _mm_prefetch(reinterpret_cast<const char*>(src + next + g * 16), _MM_HINT_T0);
                     const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + g * 16)));
-                    _mm256_store_si256(reinterpret_cast<__m256i*>(codes + r * kChunk + g * 64), ex.lo(v));
-                    _mm256_store_si256(reinterpret_cast<__m256i*>(codes + r * kChunk + g * 64 + 32), ex.hi(v));
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(codes + r * chunk + g * 64), ex.lo(v));
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(codes + r * chunk + g * 64 + 32), ex.hi(v));
                 }
             }
             const bool first = k0 == 0;
             const int64_t steps = len / 32;
             int64_t b = 0;
             for (; b + 6 <= a.B && a.B - b != 8; b += 6)   // 8 rows left: two tiles of 4
-                buffered_block<6>(codes, kChunk, rows, a.q + b * a.ldq + k0, a.ldq, steps, a.qsum + b, first, acc + b * ldacc + jb, ldacc);
+                buffered_block<6>(codes, chunk, rows, a.q + b * a.ldq + k0, a.ldq, steps, a.qsum + b, first, acc + b * ldacc + jb, ldacc);
             for (; b + 4 <= a.B; b += 4)
-                buffered_block<4>(codes, kChunk, rows, a.q + b * a.ldq + k0, a.ldq, steps, a.qsum + b, first, acc + b * ldacc + jb, ldacc);
+                buffered_block<4>(codes, chunk, rows, a.q + b * a.ldq + k0, a.ldq, steps, a.qsum + b, first, acc + b * ldacc + jb, ldacc);
             const int8_t* q = a.q + b * a.ldq + k0;
             int32_t* out = acc + b * ldacc + jb;
             switch (a.B - b) {
-                case 3: buffered_block<3>(codes, kChunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
-                case 2: buffered_block<2>(codes, kChunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
-                case 1: buffered_block<1>(codes, kChunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
+                case 3: buffered_block<3>(codes, chunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
+                case 2: buffered_block<2>(codes, chunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
+                case 1: buffered_block<1>(codes, chunk, rows, q, a.ldq, steps, a.qsum + b, first, out, ldacc); break;
                 default: break;
             }
         }

@@ -30,7 +30,8 @@ void check_gemm(const KernelTable& k, std::mt19937_64& rng, int64_t N, int64_t K
     std::uniform_int_distribution<int> tri(-1, 1), q8(-128, 127), sparse(0, 9);
     // mode 3: every weight +1 and every activation -128, the largest partial sums (the AVX2
     // kernel's int16 accumulators reach exactly -32768: GEMV and small batches after 8 groups,
-    // prefill's buffered tiles after 64 steps of 32 elements, i.e. with K = 2567)
+    // prefill's buffered tiles after each run of 64 steps of 32 elements: K = 2500 takes one
+    // k-chunk of 80 steps (a run of 64, then 16), 2567 and 5300 equal chunks of 41 and 56 steps)
     for (auto& v : t) v = static_cast<int8_t>(mode == 3 ? 1 : mode == 2 ? (sparse(rng) == 0 ? tri(rng) : 0) : tri(rng));
     TernarySlot slot;
     pack_slot(t.data(), N, K, 1.0f, slot);
@@ -261,7 +262,7 @@ int main(int argc, char** argv) {
     for (const std::string& name : names) {
         if (name == "ref") continue;
         const KernelTable& k = kernels_by_name(name);
-        for (int64_t K : {1, 17, 63, 64, 65, 128, 321, 640, 2567})
+        for (int64_t K : {1, 17, 63, 64, 65, 128, 321, 640, 2500, 2567, 5300})
             for (int64_t B : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 64})
                 for (int mode = 0; mode < 4; ++mode) check_gemm(k, rng, (K % 7) + 33, K, B, mode);
         // Very long rows take the kernels' fallback paths (e.g. AVX-512's masked GEMV is bounded).
