@@ -532,41 +532,60 @@ void dot_f16_block(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, i
         }
 }
 
-// One row against XB vectors over elements [i0, i1) (multiples of 16), continuing the 16 lane
-// sums kept in acc[w * 16 ...] (the same order as one pass: each lane adds its products in
-// increasing k). The row's chunk is converted once for the XB vectors.
-template <int XB>
-void dot_f16_chunk(const uint16_t* e, const float* x, int64_t ldx, int64_t i0, int64_t i1, float* acc) {
-    __m256 a0[XB], a1[XB];
-    for (int w = 0; w < XB; ++w) {
-        a0[w] = _mm256_load_ps(acc + w * 16);
-        a1[w] = _mm256_load_ps(acc + w * 16 + 8);
-    }
-    for (int64_t i = i0; i < i1; i += 16) {
-        const __m256 e0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i)));
-        const __m256 e1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i + 8)));
-        for (int w = 0; w < XB; ++w) {
-            a0[w] = _mm256_add_ps(a0[w], _mm256_mul_ps(e0, _mm256_loadu_ps(x + w * ldx + i)));
-            a1[w] = _mm256_add_ps(a1[w], _mm256_mul_ps(e1, _mm256_loadu_ps(x + w * ldx + i + 8)));
+// RB rows (row r at e + r * ld) against XB vectors over elements [i0, i1) (multiples of 16),
+// continuing the 16 lane sums of the pair (r, w) kept in acc[r * ldacc + w * 16 ...] (the same
+// order as one pass: each lane adds its products in increasing k). The vectors are
+// interleaved (see avx2_dot_f16): elements i..i+7 of vector w at xp + i * nv + w * 8. Lanes
+// 0..7 and 8..15 are two passes over the chunk, so that a pass holds RB * XB accumulators (8
+// for 2 x 4) and each converted row half meets XB vectors: per 16 elements and pass, RB
+// conversions and XB loads for RB * XB multiplies and adds.
+template <int RB, int XB>
+void dot_f16_chunk(const uint16_t* e, int64_t ld, const float* xp, int64_t nv, int64_t i0, int64_t i1, float* acc,
+                   int64_t ldacc) {
+    for (int h = 0; h < 16; h += 8) {
+        __m256 s[RB][XB];
+        for (int r = 0; r < RB; ++r)
+            for (int w = 0; w < XB; ++w) s[r][w] = _mm256_load_ps(acc + r * ldacc + w * 16 + h);
+        const float* xi = xp + (i0 + h) * nv;
+        for (int64_t i = i0 + h; i < i1; i += 16, xi += 16 * nv) {
+            __m256 ev[RB];
+            for (int r = 0; r < RB; ++r)
+                ev[r] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + r * ld + i)));
+            for (int w = 0; w < XB; ++w) {
+                const __m256 xv = _mm256_load_ps(xi + w * 8);
+                for (int r = 0; r < RB; ++r) s[r][w] = _mm256_add_ps(s[r][w], _mm256_mul_ps(ev[r], xv));
+            }
         }
-    }
-    for (int w = 0; w < XB; ++w) {
-        _mm256_store_ps(acc + w * 16, a0[w]);
-        _mm256_store_ps(acc + w * 16 + 8, a1[w]);
+        for (int r = 0; r < RB; ++r)
+            for (int w = 0; w < XB; ++w) _mm256_store_ps(acc + r * ldacc + w * 16 + h, s[r][w]);
     }
 }
 
+// Rows [r, r + RB) of a block against its nv vectors (tiles of 4, then 2, then 1).
+template <int RB>
+void dot_f16_rows(const uint16_t* e, int64_t ld, const float* xp, int64_t nv, int64_t i0, int64_t i1, float* acc) {
+    const int64_t ldacc = nv * 16;
+    int64_t w = 0;
+    for (; w + 4 <= nv; w += 4) dot_f16_chunk<RB, 4>(e, ld, xp + w * 8, nv, i0, i1, acc + w * 16, ldacc);
+    if (w + 2 <= nv) dot_f16_chunk<RB, 2>(e, ld, xp + w * 8, nv, i0, i1, acc + w * 16, ldacc), w += 2;
+    if (w < nv) dot_f16_chunk<RB, 1>(e, ld, xp + w * 8, nv, i0, i1, acc + w * 16, ldacc);
+}
+
 // One vector (the exact head at batch 1, memory-bound): 4 rows at a time with the next 4
-// prefetched (2B-4T head from huge pages, 2 threads: 14.0-15.6 -> 17.2-18.6
-// GB/s; the same in 4-row blocks for the int8 head measured no faster). Several vectors
-// (batched decode): blocks of kRows rows x up to kVecs vectors go through the row in k-chunks of
-// kChunk elements, so that the chunk of every vector (16 KiB) stays in L1 while each row of the
-// block is converted once per tile of 4 vectors; the 16 lane sums of every (row, vector) pair
-// wait in a 4 KiB buffer between chunks; each row's chunk is prefetched kAhead rows ahead
-// (without it the first tile stalls on the row's loads). Whole rows against tiles of 4 vectors
-// re-read the vectors, 80 KiB for 8, from L2 for every row. 8 vectors over the 2B-4T head, two
-// threads, Zen 3: 96-104 -> 80-93 ms (alternating runs); in cache, one thread, 20-21
-// multiply-adds per ns.
+// prefetched (2B-4T head from huge pages, 2 threads: 14.0-15.6 -> 17.2-18.6 GB/s; the same in
+// 4-row blocks for the int8 head measured no faster). Several vectors (batched decode): the
+// vectors are first copied into per-thread scratch, interleaved in groups of 8 elements per
+// vector (xp[(i / 8 * nv + w) * 8 + i % 8] within a block of nv <= kVecs vectors), so that the
+// loads of one step are consecutive. Read in place, the vectors lie D floats apart (10 KiB
+// for 2B-4T), every second one at the same address modulo 4 KiB, and the L1 serves those loads
+// at about half speed (a synthetic loop: 14 against 28 multiply-adds/ns at a 4 KiB stride).
+// Blocks of kRows rows x up to kVecs vectors then go through the rows in k-chunks of kChunk
+// elements, so that the chunk of every vector (16 KiB) stays in L1 while pairs of rows meet
+// tiles of 4 vectors (dot_f16_chunk: lanes 0..7, then 8..15, 8 accumulators); the 16 lane
+// sums of every (row, vector) pair wait in a 4 KiB buffer between chunks; each row's chunk is
+// prefetched kAhead rows ahead (without it the first tile stalls on the row's loads). 8
+// vectors over the 2B-4T head, one thread, Zen 3, alternating runs: 184-214 -> 134-146 ms
+// against one row x 4 vectors with the vectors in place (in cache: 21 -> 27 multiply-adds/ns).
 void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t nx,
                   int64_t n, float* out, int64_t ldo) {
     if (nx == 1) {
@@ -578,6 +597,14 @@ void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float
     constexpr int64_t kRows = 8, kVecs = 8, kChunk = 512, kAhead = 2;
     alignas(32) float acc[kRows * kVecs * 16];
     const int64_t n16 = n / 16 * 16;
+    // Block w0 / kVecs of the vectors at xp + w0 * n16.
+    float* xp = static_cast<float*>(kernel_scratch(static_cast<size_t>(nx * n16) * sizeof(float) + 64));
+    for (int64_t w0 = 0; w0 < nx; w0 += kVecs) {
+        const int64_t nv = nx - w0 < kVecs ? nx - w0 : kVecs;
+        for (int64_t g = 0; g < n16; g += 8)
+            for (int64_t w = 0; w < nv; ++w)
+                _mm256_store_ps(xp + w0 * n16 + g * nv + w * 8, _mm256_loadu_ps(x + (w0 + w) * ldx + g));
+    }
     for (int64_t r0 = 0; r0 < n_rows; r0 += kRows) {
         const int64_t rows = n_rows - r0 < kRows ? n_rows - r0 : kRows;
         for (int64_t w0 = 0; w0 < nx; w0 += kVecs) {
@@ -585,17 +612,15 @@ void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float
             for (int64_t i = 0; i < rows * nv * 16; ++i) acc[i] = 0.0f;
             for (int64_t i0 = 0; i0 < n16; i0 += kChunk) {
                 const int64_t i1 = n16 - i0 < kChunk ? n16 : i0 + kChunk;
-                for (int64_t r = 0; r < rows; ++r) {
-                    const uint16_t* e = rows_ + (r0 + r) * ld;
-                    if (r0 + r + kAhead < n_rows)
+                for (int64_t r = 0; r < rows; r += 2) {
+                    for (int64_t k = r0 + r + kAhead; k < r0 + r + kAhead + 2 && k < n_rows; ++k)
                         for (int64_t i = i0; i < i1; i += 32)
-                            _mm_prefetch(reinterpret_cast<const char*>(e + kAhead * ld + i), _MM_HINT_T0);
-                    const float* xw = x + w0 * ldx;
-                    float* a = acc + r * nv * 16;
-                    int64_t w = 0;
-                    for (; w + 4 <= nv; w += 4) dot_f16_chunk<4>(e, xw + w * ldx, ldx, i0, i1, a + w * 16);
-                    if (w + 2 <= nv) dot_f16_chunk<2>(e, xw + w * ldx, ldx, i0, i1, a + w * 16), w += 2;
-                    if (w < nv) dot_f16_chunk<1>(e, xw + w * ldx, ldx, i0, i1, a + w * 16);
+                            _mm_prefetch(reinterpret_cast<const char*>(rows_ + k * ld + i), _MM_HINT_T0);
+                    const uint16_t* e = rows_ + (r0 + r) * ld;
+                    if (r + 2 <= rows)
+                        dot_f16_rows<2>(e, ld, xp + w0 * n16, nv, i0, i1, acc + r * nv * 16);
+                    else
+                        dot_f16_rows<1>(e, ld, xp + w0 * n16, nv, i0, i1, acc + r * nv * 16);
                 }
             }
             for (int64_t r = 0; r < rows; ++r)

@@ -29,6 +29,12 @@ namespace sim {
 void* slot_memory_allocate(std::size_t bytes);
 void slot_memory_free(void* p, std::size_t bytes) noexcept;
 
+// Per-thread scratch memory for a kernel call: 64-byte aligned, at least `bytes` long, kept
+// (grown when a call needs more) until the thread ends; one buffer per thread, so a kernel
+// must not hold it across a call into another kernel. Throws std::bad_alloc. (In
+// slot_memory.cpp, built without ISA flags: ISA files instantiate no standard-library code.)
+void* kernel_scratch(std::size_t bytes);
+
 template <class T>
 struct SlotAllocator {
     using value_type = T;

@@ -151,5 +151,23 @@ void slot_memory_free(void* p, std::size_t bytes) noexcept {
 #endif
 }
 
+void* kernel_scratch(std::size_t bytes) {
+    struct Scratch {
+        void* p = nullptr;
+        std::size_t n = 0;
+        ~Scratch() { std::free(p); }
+    };
+    thread_local Scratch s;
+    if (s.n < bytes) {
+        const std::size_t n = round_up(bytes, 64);
+        void* p = std::aligned_alloc(64, n);
+        if (!p) throw std::bad_alloc();
+        std::free(s.p);
+        s.p = p;
+        s.n = n;
+    }
+    return s.p;
+}
+
 }  // namespace sim
 }  // namespace bitnet
