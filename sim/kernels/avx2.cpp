@@ -371,7 +371,7 @@ void buffered_tile_asm(const uint8_t* codes, int64_t ld, const int8_t* q, int64_
 }
 
 // One tile of TB activation rows against every weight row of the buffer (pairs, then a last
-// single row): the tile's chunk of activations (TB KiB) stays in L1 with the codes.
+// single row): the tile's chunk of activations (TB x up to 2.5 KiB) stays in L1 with the codes.
 template <int TB>
 void buffered_block(const uint8_t* codes, int64_t ld, int64_t rows, const int8_t* q, int64_t ldq, int64_t steps,
                     const int32_t* qsum, bool first, int32_t* acc, int64_t ldacc) {
