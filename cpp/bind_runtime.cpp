@@ -355,11 +355,13 @@ void bind_runtime(py::module_& m) {
     m.def("_kernel_dot_f32",
           [](const std::string& name, const py::array_t<float, py::array::c_style | py::array::forcecast>& rows,
              const py::array_t<float, py::array::c_style | py::array::forcecast>& x) {
+              // x is one vector [n] (result [R]) or a batch [W, n] (result [W, R]).
               const sim::KernelTable& k = sim::kernels_by_name(name);
-              if (rows.ndim() != 2 || x.ndim() != 1 || rows.shape(1) != x.shape(0))
-                  throw Error(ErrorCode::INVALID, "rows must be [R, n] and x [n]");
-              py::array_t<float> out(rows.shape(0));
-              k.dot_f32(rows.data(), rows.shape(1), rows.shape(0), x.data(), x.shape(0), out.mutable_data());
+              if (rows.ndim() != 2 || (x.ndim() != 1 && x.ndim() != 2) || rows.shape(1) != x.shape(x.ndim() - 1))
+                  throw Error(ErrorCode::INVALID, "rows must be [R, n] and x [n] or [W, n]");
+              const py::ssize_t R = rows.shape(0), n = rows.shape(1), W = x.ndim() == 2 ? x.shape(0) : 1;
+              py::array_t<float> out = x.ndim() == 2 ? py::array_t<float>({W, R}) : py::array_t<float>(R);
+              k.dot_f32(rows.data(), n, R, x.data(), n, W, n, out.mutable_data(), R);
               return out;
           },
           py::arg("kernel"), py::arg("rows"), py::arg("x"));

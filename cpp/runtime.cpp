@@ -94,11 +94,26 @@ void KVCache::reserve(int64_t positions) {
     if (positions <= capacity) return;
     int64_t cap = std::max<int64_t>(capacity * 2, 64);
     cap = std::max(cap, positions);
-    for (int64_t l = 0; l < n_layer; ++l) {
-        k[l].resize(static_cast<size_t>(cap * kv_dim));
-        v[l].resize(static_cast<size_t>(cap * kv_dim));
-    }
+    const int64_t keep = std::min(n_pos, capacity);
+    for (auto* layers : {&k, &v})
+        for (auto& old : *layers) {
+            // Each head's run moves to its new place: [n_head_kv, cap, head_dim].
+            std::vector<float> grown(static_cast<size_t>(n_head_kv * cap * head_dim));
+            for (int64_t h = 0; h < n_head_kv && keep > 0; ++h)
+                std::copy(old.begin() + h * capacity * head_dim, old.begin() + (h * capacity + keep) * head_dim,
+                          grown.begin() + h * cap * head_dim);
+            old.swap(grown);
+        }
     capacity = cap;
+}
+
+void KVCache::store(int64_t layer, int64_t pos, const float* krow, const float* vrow) {
+    float* kd = k[layer].data() + pos * head_dim;
+    float* vd = v[layer].data() + pos * head_dim;
+    for (int64_t h = 0; h < n_head_kv; ++h) {
+        std::copy(krow + h * head_dim, krow + (h + 1) * head_dim, kd + h * capacity * head_dim);
+        std::copy(vrow + h * head_dim, vrow + (h + 1) * head_dim, vd + h * capacity * head_dim);
+    }
 }
 
 Engine::Engine(const Model& model, Transport& card, ThreadPool* pool)
@@ -156,6 +171,35 @@ void Engine::rope(float* q, int64_t n_q, float* k, int64_t n_k, const float* cs)
 
 namespace {
 
+// 8 floats: one AVX2 register (GCC keeps vector types wider than the target's registers in
+// memory: 16-float vectors in the AVX2 clone went through the stack at every step).
+typedef float F8x __attribute__((vector_size(32)));
+
+// o_j[0..16) += p_j,t * v_t[0..16) for positions t in [t0, t1), in order, for NH heads at once
+// (head j: its probabilities at sc + j * ldsc, its output at o + j * ldo): each V row chunk is
+// loaded once for all NH heads. Element-wise the same multiply, then add, as the one-head loop
+// (the build has -ffp-contract=off). Inlined into each clone of attend_group, so it is
+// compiled for that clone's target.
+template <int NH>
+inline __attribute__((always_inline)) void pv_block(const float* sc, int64_t ldsc, const float* v, int64_t ldv,
+                                                    int64_t t0, int64_t t1, float* o, int64_t ldo) {
+    F8x a[NH][2];
+    for (int j = 0; j < NH; ++j)
+        for (int k = 0; k < 2; ++k) std::memcpy(&a[j][k], o + j * ldo + 8 * k, sizeof(F8x));
+    for (int64_t t = t0; t < t1; ++t) {
+        F8x v0, v1;
+        std::memcpy(&v0, v + t * ldv, sizeof(F8x));
+        std::memcpy(&v1, v + t * ldv + 8, sizeof(F8x));
+        for (int j = 0; j < NH; ++j) {
+            const float p = sc[j * ldsc + t];
+            a[j][0] = a[j][0] + p * v0;
+            a[j][1] = a[j][1] + p * v1;
+        }
+    }
+    for (int j = 0; j < NH; ++j)
+        for (int k = 0; k < 2; ++k) std::memcpy(o + j * ldo + 8 * k, &a[j][k], sizeof(F8x));
+}
+
 // One attention task: query heads [h0, h1) (of kv head kvh's group) of rows [r0, r1) of one
 // sequence, at consecutive positions pos[r0] < ... < pos[r1 - 1], against that sequence's cache.
 // For each (row, head): softmax(q . K^T * scale) V over positions [0, pos + 1). The cache's K
@@ -170,19 +214,19 @@ BITNET_HOST_CLONES void attend_group(const sim::KernelTable& kt, const float* Q,
                                      int64_t layer, int64_t kvh, int64_t h0, int64_t h1, int64_t hd,
                                      const int64_t* pos, int64_t r0, int64_t r1, float scale, float* score, float* O) {
     constexpr int64_t kBlock = 32;
-    const int64_t nh = h1 - h0, ctx = pos[r1 - 1] + 1, ld = cache.kv_dim;
+    const int64_t nh = h1 - h0, ctx = pos[r1 - 1] + 1, ld = hd;
     auto scores_of = [&](int64_t r, int64_t h) { return score + ((r - r0) * nh + (h - h0)) * ctx; };
-    const float* k0 = cache.k[layer].data() + kvh * hd;
-    const float* v0 = cache.v[layer].data() + kvh * hd;
+    const float* k0 = cache.k_head(layer, kvh);
+    const float* v0 = cache.v_head(layer, kvh);
     // Scores, a block of K rows at a time.
-    for (int64_t t0 = 0; t0 < ctx; t0 += kBlock)
+    for (int64_t t0 = 0; t0 < ctx; t0 += kBlock) {
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t n = pos[r] + 1;
             if (t0 >= n) continue;
             const int64_t tn = std::min(kBlock, n - t0);
-            for (int64_t h = h0; h < h1; ++h)
-                kt.dot_f32(k0 + t0 * ld, ld, tn, Q + r * QD + h * hd, hd, scores_of(r, h) + t0);
+            kt.dot_f32(k0 + t0 * ld, ld, tn, Q + r * QD + h0 * hd, hd, nh, hd, scores_of(r, h0) + t0, ctx);
         }
+    }
     // Softmax of each (row, head).
     for (int64_t r = r0; r < r1; ++r)
         for (int64_t h = h0; h < h1; ++h) {
@@ -200,37 +244,32 @@ BITNET_HOST_CLONES void attend_group(const sim::KernelTable& kt, const float* Q,
             }
             for (int64_t t = 0; t < n; ++t) sc[t] = sc[t] / sum;
         }
-    // o[d] = sum_t p_t v_t[d] in position order, a block of V rows at a time; within a block, 64
-    // columns are held in registers across the positions.
+    // o[d] = sum_t p_t v_t[d] in position order, a block of V rows at a time. Within a block,
+    // 16 columns of up to 4 heads are held in registers across the positions, so each V row
+    // chunk is loaded once for the heads that share it.
     for (int64_t r = r0; r < r1; ++r) std::fill(O + r * QD + h0 * hd, O + r * QD + h1 * hd, 0.0f);
-    constexpr int64_t kCols = 64;
-    for (int64_t t0 = 0; t0 < ctx; t0 += kBlock)
+    const int64_t hd16 = hd / 16 * 16;
+    for (int64_t t0 = 0; t0 < ctx; t0 += kBlock) {
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t t1 = std::min(t0 + kBlock, pos[r] + 1);
-            for (int64_t h = h0; h < h1; ++h) {
+            if (t1 <= t0) continue;
+            for (int64_t d0 = 0; d0 < hd16; d0 += 16) {
+                int64_t h = h0;
+                for (; h + 4 <= h1; h += 4)
+                    pv_block<4>(scores_of(r, h), ctx, v0 + d0, ld, t0, t1, O + r * QD + h * hd + d0, hd);
+                for (; h < h1; ++h) pv_block<1>(scores_of(r, h), ctx, v0 + d0, ld, t0, t1, O + r * QD + h * hd + d0, hd);
+            }
+            for (int64_t h = h0; h < h1; ++h) {   // columns past the last multiple of 16
                 const float* sc = scores_of(r, h);
-                for (int64_t d0 = 0; d0 < hd; d0 += kCols) {
-                    const int64_t nd = std::min(kCols, hd - d0);
-                    float* __restrict o = O + r * QD + h * hd + d0;
-                    if (nd == kCols) {
-                        float a[kCols];
-                        for (int64_t d = 0; d < kCols; ++d) a[d] = o[d];
-                        for (int64_t t = t0; t < t1; ++t) {
-                            const float p = sc[t];
-                            const float* __restrict vt = v0 + t * ld + d0;
-                            for (int64_t d = 0; d < kCols; ++d) a[d] = a[d] + p * vt[d];
-                        }
-                        for (int64_t d = 0; d < kCols; ++d) o[d] = a[d];
-                    } else {
-                        for (int64_t t = t0; t < t1; ++t) {
-                            const float p = sc[t];
-                            const float* __restrict vt = v0 + t * ld + d0;
-                            for (int64_t d = 0; d < nd; ++d) o[d] = o[d] + p * vt[d];
-                        }
-                    }
+                float* o = O + r * QD + h * hd;
+                for (int64_t t = t0; t < t1; ++t) {
+                    const float p = sc[t];
+                    const float* vt = v0 + t * ld;
+                    for (int64_t d = hd16; d < hd; ++d) o[d] = o[d] + p * vt[d];
                 }
             }
         }
+    }
 }
 
 }  // namespace
@@ -384,8 +423,7 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
         pool_->parallel_for(R, 1, [&](int64_t r0, int64_t r1) {
             for (int64_t r = r0; r < r1; ++r) {
                 rope(Q.data() + r * QD, c.n_head, K.data() + r * KVD, c.n_head_kv, rope_cs.data() + r * rope_n);
-                std::copy(K.data() + r * KVD, K.data() + (r + 1) * KVD, rows[r].cache->k_at(l, rows[r].pos));
-                std::copy(V.data() + r * KVD, V.data() + (r + 1) * KVD, rows[r].cache->v_at(l, rows[r].pos));
+                rows[r].cache->store(l, rows[r].pos, K.data() + r * KVD, V.data() + r * KVD);
             }
         });
         // Attention: tasks of (rows of one sequence, kv head, its query heads), in parallel.
@@ -445,7 +483,7 @@ void Engine::exact_logit_rows(const float* h, const int64_t* ids, int64_t n, flo
                               out + i, 1);
         } else {
             head.row(ids[i], erow.data());
-            kernels_->dot_f32(erow.data(), D, 1, h, D, out + i);
+            kernels_->dot_f32(erow.data(), D, 1, h, D, 1, D, out + i, 1);
         }
     }
 }
@@ -684,7 +722,7 @@ void Engine::output_head(const float* h, int64_t W, float* logits) {
         std::vector<float> erow(static_cast<size_t>(D));
         for (int64_t v = v0; v < v1; ++v) {
             out.row(v, erow.data());
-            for (int64_t w = 0; w < W; ++w) kernels_->dot_f32(erow.data(), D, 1, h + w * D, D, logits + w * V + v);
+            kernels_->dot_f32(erow.data(), D, 1, h, D, W, D, logits + v, V);
         }
     });
 }

@@ -29,20 +29,28 @@ void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out);
 // The gated feed-forward's elementwise step: g[i] = act(g[i]) * u[i] (ReLU² or SiLU, in fp32).
 void gated_activation(Activation act, float* g, const float* u, int64_t n);
 
-// The key/value cache of one sequence: per layer, [capacity, kv_dim] fp32 for K and V.
+// The key/value cache of one sequence: per layer, K and V in fp32, head-major
+// ([n_head_kv, capacity, head_dim]): attention reads one kv head's rows for positions
+// [0, n), which are then one contiguous run that the hardware prefetcher streams (position-
+// major rows of all heads put each head's 512 bytes 2.5 KiB apart on 2B-4T).
 struct KVCache {
     int64_t n_layer = 0;
-    int64_t kv_dim = 0;
+    int64_t n_head_kv = 0;
+    int64_t head_dim = 0;
     int64_t capacity = 0;   // positions allocated
     int64_t n_pos = 0;      // positions filled
     std::vector<std::vector<float>> k, v;
 
     KVCache() = default;
-    KVCache(const ModelConfig& c) : n_layer(c.n_layer), kv_dim(c.kv_dim()), k(c.n_layer), v(c.n_layer) {}
-    void reserve(int64_t positions);   // grows capacity (never shrinks)
+    KVCache(const ModelConfig& c)
+        : n_layer(c.n_layer), n_head_kv(c.n_head_kv), head_dim(c.head_dim), k(c.n_layer), v(c.n_layer) {}
+    void reserve(int64_t positions);   // grows capacity (never shrinks), keeping the positions filled
     void clear() { n_pos = 0; }
-    float* k_at(int64_t layer, int64_t pos) { return k[layer].data() + pos * kv_dim; }
-    float* v_at(int64_t layer, int64_t pos) { return v[layer].data() + pos * kv_dim; }
+    // Head kvh's rows of a layer: position p at + p * head_dim.
+    const float* k_head(int64_t layer, int64_t kvh) const { return k[layer].data() + kvh * capacity * head_dim; }
+    const float* v_head(int64_t layer, int64_t kvh) const { return v[layer].data() + kvh * capacity * head_dim; }
+    // Stores one position's K and V rows (kv_dim floats each, heads one after another).
+    void store(int64_t layer, int64_t pos, const float* krow, const float* vrow);
 };
 
 // Cooperative abort and progress reporting, polled between layers.

@@ -633,24 +633,58 @@ void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float
     }
 }
 
-void avx2_dot_f32(const float* rows_, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
-    for (int64_t r = 0; r < n_rows; ++r) {
-        const float* e = rows_ + r * ld;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();   // lanes 0..7 and 8..15
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(e + i), _mm256_loadu_ps(x + i)));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(e + i + 8), _mm256_loadu_ps(x + i + 8)));
-        }
-        alignas(32) float lane[16];
-        _mm256_store_ps(lane, a0);
-        _mm256_store_ps(lane + 8, a1);
-        for (; i < n; ++i) {
-            const float p = e[i] * x[i];
-            lane[i % 16] = lane[i % 16] + p;
-        }
-        out[r] = sum_lanes(lane);
+// The scalar tail of one fp32 dot product, elements [from, n) added to their lanes in order,
+// then the 16 lanes summed (lane: 32-byte aligned).
+inline float finish_f32(float lane[16], const float* e, const float* x, int64_t from, int64_t n) {
+    for (int64_t k = from; k < n; ++k) {
+        const float p = e[k] * x[k];
+        lane[k % 16] = lane[k % 16] + p;
     }
+    return sum_lanes(lane);
+}
+
+// RB rows against XB vectors in the contract's order: lanes 0..7, then 8..15, are two passes
+// over the rows, each with RB * XB independent accumulators (one row and one vector alone
+// would be a chain of dependent adds: one add every 3-4 cycles).
+template <int RB, int XB>
+void dot_f32_tile(const float* e, int64_t ld, const float* x, int64_t ldx, int64_t n, float* out, int64_t ldo) {
+    const int64_t n16 = n / 16 * 16;
+    alignas(32) float lane[RB * XB][16];
+    for (int h = 0; h < 16; h += 8) {
+        __m256 s[RB][XB];
+        for (int r = 0; r < RB; ++r)
+            for (int w = 0; w < XB; ++w) s[r][w] = _mm256_setzero_ps();
+        for (int64_t i = h; i < n16; i += 16) {
+            __m256 ev[RB];
+            for (int r = 0; r < RB; ++r) ev[r] = _mm256_loadu_ps(e + r * ld + i);
+            for (int w = 0; w < XB; ++w) {
+                const __m256 xv = _mm256_loadu_ps(x + w * ldx + i);
+                for (int r = 0; r < RB; ++r) s[r][w] = _mm256_add_ps(s[r][w], _mm256_mul_ps(ev[r], xv));
+            }
+        }
+        for (int r = 0; r < RB; ++r)
+            for (int w = 0; w < XB; ++w) _mm256_store_ps(lane[r * XB + w] + h, s[r][w]);
+    }
+    for (int r = 0; r < RB; ++r)
+        for (int w = 0; w < XB; ++w) out[w * ldo + r] = finish_f32(lane[r * XB + w], e + r * ld, x + w * ldx, n16, n);
+}
+
+template <int RB, int XB>
+void dot_f32_rows(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t n, float* out,
+                  int64_t ldo) {
+    int64_t r = 0;
+    for (; r + RB <= n_rows; r += RB) dot_f32_tile<RB, XB>(rows + r * ld, ld, x, ldx, n, out + r, ldo);
+    for (; r < n_rows; ++r) dot_f32_tile<1, XB>(rows + r * ld, ld, x, ldx, n, out + r, ldo);
+}
+
+// Attention scores: a block of keys (rows) against the query heads that share them (vectors).
+// Tiles of 2 rows x 4 vectors, then 4 x 2, then 8 x 1: 8 accumulators per pass.
+void avx2_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t nx, int64_t n,
+                  float* out, int64_t ldo) {
+    int64_t w = 0;
+    for (; w + 4 <= nx; w += 4) dot_f32_rows<2, 4>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
+    if (w + 2 <= nx) dot_f32_rows<4, 2>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo), w += 2;
+    if (w < nx) dot_f32_rows<8, 1>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
 }
 
 // |rows| x sign(x, rows) with VPMADDUBSW: both magnitudes <= 127, so a pair sum is at most

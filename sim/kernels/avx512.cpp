@@ -250,10 +250,16 @@ void dot_rows_f32(const float* e, int64_t ld, const float* x, int64_t n, float* 
     for (int r = 0; r < RB; ++r) out[r] = reduce16(acc[r]);
 }
 
-void avx512_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) dot_rows_f32<4>(rows + r * ld, ld, x, n, out + r);
-    for (; r < n_rows; ++r) dot_rows_f32<1>(rows + r * ld, ld, x, n, out + r);
+// One vector at a time: the rows (a block of attention keys) stay in L1 across the vectors.
+void avx512_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* xs, int64_t ldx, int64_t nx, int64_t n,
+                    float* outs, int64_t ldo) {
+    for (int64_t w = 0; w < nx; ++w) {
+        const float* x = xs + w * ldx;
+        float* out = outs + w * ldo;
+        int64_t r = 0;
+        for (; r + 4 <= n_rows; r += 4) dot_rows_f32<4>(rows + r * ld, ld, x, n, out + r);
+        for (; r < n_rows; ++r) dot_rows_f32<1>(rows + r * ld, ld, x, n, out + r);
+    }
 }
 
 // rows (signed, |v| <= 127) x x (signed): VPDPBUSD needs an unsigned operand, so rows are

@@ -99,8 +99,11 @@ struct KernelTable {
     // for r in [0, n_rows), w in [0, nx), each in the fixed order of docs/NUMERICS.md.
     void (*dot_f16)(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t nx,
                     int64_t n, float* out, int64_t ldo);
-    // fp32 dot products in the same fixed order (attention scores): out[r] = rows[r*ld..] . x
-    void (*dot_f32)(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out);
+    // fp32 dot products in the same fixed order (attention scores: key rows against the query
+    // heads that share them):
+    //     out[w * ldo + r] = sum_i rows[r * ld + i] * x[w * ldx + i]
+    void (*dot_f32)(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t ldx, int64_t nx, int64_t n,
+                    float* out, int64_t ldo);
     // Exact int8 dot products (the fast output head's scoring pass) of rows with nx vectors
     // (a decode batch shares each row read), rows and x both in [-127, 127] (-128 is excluded:
     // the AVX2 kernel's sign trick cannot negate it):

@@ -103,16 +103,20 @@ void neon_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float*
     }
 }
 
-void neon_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+void neon_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* xs, int64_t ldx, int64_t nx, int64_t n,
+                  float* out, int64_t ldo) {
     for (int64_t r = 0; r < n_rows; ++r) {
         const float* e = rows + r * ld;
-        float32x4_t v[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16)
-            for (int k = 0; k < 4; ++k)
-                v[k] = vaddq_f32(v[k], vmulq_f32(vld1q_f32(e + i + 4 * k), vld1q_f32(x + i + 4 * k)));
-        if (i < n) tail16(v, e + i, x + i, n - i);
-        out[r] = reduce16(v);
+        for (int64_t w = 0; w < nx; ++w) {   // the row stays in L1 across the vectors
+            const float* x = xs + w * ldx;
+            float32x4_t v[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+            int64_t i = 0;
+            for (; i + 16 <= n; i += 16)
+                for (int k = 0; k < 4; ++k)
+                    v[k] = vaddq_f32(v[k], vmulq_f32(vld1q_f32(e + i + 4 * k), vld1q_f32(x + i + 4 * k)));
+            if (i < n) tail16(v, e + i, x + i, n - i);
+            out[w * ldo + r] = reduce16(v);
+        }
     }
 }
 

@@ -99,17 +99,21 @@ void ref_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* 
     }
 }
 
-void ref_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* x, int64_t n, float* out) {
+void ref_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* xs, int64_t ldx, int64_t nx, int64_t n,
+                 float* outs, int64_t ldo) {
     for (int64_t r = 0; r < n_rows; ++r) {
         const float* e = rows + r * ld;
-        float acc[16] = {0};
-        for (int64_t i = 0; i < n; ++i) {
-            const float p = e[i] * x[i];
-            acc[i % 16] = acc[i % 16] + p;
+        for (int64_t w = 0; w < nx; ++w) {
+            const float* x = xs + w * ldx;
+            float acc[16] = {0};
+            for (int64_t i = 0; i < n; ++i) {
+                const float p = e[i] * x[i];
+                acc[i % 16] = acc[i % 16] + p;
+            }
+            for (int s = 8; s >= 1; s /= 2)
+                for (int l = 0; l < s; ++l) acc[l] = acc[l] + acc[l + s];
+            outs[w * ldo + r] = acc[0];
         }
-        for (int w = 8; w >= 1; w /= 2)
-            for (int l = 0; l < w; ++l) acc[l] = acc[l] + acc[l + w];
-        out[r] = acc[0];
     }
 }
 

@@ -3,6 +3,7 @@
 // targets the wheel is not tested on, e.g. the NEON kernels of an AArch64 cross build under
 // qemu (tests/cpp/run_kernel_check.sh). Exit status 0 = all equal.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -102,10 +103,17 @@ void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n
     k.dot_f16(h.data(), n, R, x.data(), n, nx, n, got.data(), R);
     expect(same_bits(ref, got), std::string(k.name) + " dot_f16 R=" + std::to_string(R) + " n=" + std::to_string(n) +
                                     " nx=" + std::to_string(nx));
-    std::vector<float> r32(static_cast<size_t>(R)), g32(static_cast<size_t>(R));
-    ref_kernels().dot_f32(rows.data(), n, R, x.data(), n, r32.data());
-    k.dot_f32(rows.data(), n, R, x.data(), n, g32.data());
-    expect(same_bits(r32, g32), std::string(k.name) + " dot_f32 n=" + std::to_string(n));
+    // dot_f32 with strides wider than n (attention: keys ld apart, query heads ldx apart,
+    // scores ldo apart), the padding filled with NaN so that a read past n shows.
+    const int64_t ldr = n + 3, ldx = n + 5, ldo = R + 2;
+    std::vector<float> rows_w(static_cast<size_t>(R * ldr), std::nanf("")), x_w(static_cast<size_t>(nx * ldx), std::nanf(""));
+    for (int64_t r = 0; r < R; ++r) std::copy(rows.begin() + r * n, rows.begin() + (r + 1) * n, rows_w.begin() + r * ldr);
+    for (int64_t w = 0; w < nx; ++w) std::copy(x.begin() + w * n, x.begin() + (w + 1) * n, x_w.begin() + w * ldx);
+    std::vector<float> r32(static_cast<size_t>(nx * ldo), -1.0f), g32(r32.size(), -1.0f);
+    ref_kernels().dot_f32(rows_w.data(), ldr, R, x_w.data(), ldx, nx, n, r32.data(), ldo);
+    k.dot_f32(rows_w.data(), ldr, R, x_w.data(), ldx, nx, n, g32.data(), ldo);
+    expect(same_bits(r32, g32), std::string(k.name) + " dot_f32 R=" + std::to_string(R) + " n=" + std::to_string(n) +
+                                    " nx=" + std::to_string(nx));
     std::uniform_int_distribution<int> e8(-127, 127);   // dot_i8's contract: both operands in [-127, 127]
     std::vector<int8_t> ri(static_cast<size_t>(R * n)), xi(static_cast<size_t>(nx * n));
     for (auto& v : ri) v = static_cast<int8_t>(e8(rng));
@@ -267,9 +275,9 @@ int main(int argc, char** argv) {
                 for (int mode = 0; mode < 4; ++mode) check_gemm(k, rng, (K % 7) + 33, K, B, mode);
         // Very long rows take the kernels' fallback paths (e.g. AVX-512's masked GEMV is bounded).
         for (int64_t B : {1, 3, 9}) check_gemm(k, rng, 3, 16385 * 64 + 5, B, 1);
-        for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 2560, 2561})
+        for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 128, 2560, 2561})
             for (int64_t nx : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 14, 16, 17})
-                for (int64_t R : {9, 16, 33, 64, 69}) check_dots(k, rng, R, n, nx);   // AMX dot_i8: 16-row groups
+                for (int64_t R : {1, 3, 9, 16, 33, 64, 69}) check_dots(k, rng, R, n, nx);   // AMX dot_i8: 16-row groups
         {   // read_sum: the same checksum as the reference, for any length that is a multiple of 64
             std::vector<uint8_t> raw(64 * 1000 + 64);
             uint8_t* p = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;
