@@ -480,3 +480,44 @@ def test_bench_vs_llama_cpp_failure_keeps_bitnet_results(model, monkeypatch, cap
     assert rc == 2
     assert "| bitnet | 1 | pp4 |" in out and "| bitnet | 1 | tg2 |" in out and "llama.cpp |" not in out
     assert "llama.cpp could not run" in err and "Failed to load model from file" in err
+
+
+def test_bitnet_bench_depth_runs_after_a_context(model, monkeypatch):
+    """-d D: pp is the difference of two prompts' times to the first token (D + N and D
+    tokens), tg the N decode steps after a D-token prompt; names as llama-bench's."""
+    calls: List[Tuple[int, int, int]] = []
+
+    def spy(bn, rows, n_gen):
+        t = timing.measure_generation(bn, rows, n_gen)
+        calls.append((t.batch, t.prompt_tokens, t.generated_tokens))
+        return t
+
+    monkeypatch.setattr(bench, "measure_generation", spy)
+    decode: List[bench.DecodeInfo] = []
+    pp, tg1, tg2 = bench_bitnet(model, 4, 3, threads=1, reps=1, batch=[1, 2], decode=decode, depth=8)
+    assert (pp.test, tg1.test, tg2.test) == ("pp4 @ d8", "tg3 @ d8", "tg3 @ d8 x2")
+    assert calls == [(1, 12, 1), (1, 8, 1)] * 2 + [(1, 8, 4)] * 2 + [(2, 8, 4)] * 2
+    assert all(math.isfinite(x) and x > 0 for r in (tg1, tg2) for x in r.samples)
+    # The KV cache read per step is counted: 2 (K, V) x 4 bytes x layers x kv heads x head_dim
+    # per position, over 8 + 3 / 2 positions on average, for every sequence of the batch.
+    with BitNet("sim") as bn:
+        bn.load_weights(model)
+        cfg = bn.model_config()
+    per_pos = 8 * cfg["num_layers"] * cfg["num_kv_heads"] * cfg["head_dim"]
+    assert [d.kv_bytes for d in decode] == [int(per_pos * 9.5), 2 * int(per_pos * 9.5)]
+
+
+def test_bench_ratio_pairs_tests_of_the_same_depth():
+    rows = [bench.BenchResult("bitnet", "pp4 @ d8", 1, [30.0]), bench.BenchResult("bitnet", "pp4", 1, [40.0]),
+            bench.BenchResult("llama.cpp", "pp4 @ d8", 1, [10.0])]
+    table = bench.format_table(__file__, rows)
+    assert "bitnet / llama.cpp pp4 @ d8 (1 threads): 3.00x" in table
+    assert "pp4 (1 threads)" not in table
+
+
+def test_bitnet_bench_depth_cli(model):
+    r = _run("-m", "bitnet", "bench", "-m", model, "-p", "2", "-n", "2", "-r", "1", "-d", "5", "--bandwidth")
+    assert r.returncode == 0, r.stderr
+    assert "| pp2 @ d5 |" in r.stdout and "| tg2 @ d5 |" in r.stdout and "KV cache" in r.stdout
+    bad = _run("-m", "bitnet", "bench", "-m", model, "-p", "2", "-n", "2", "-r", "1", "-d", "-1")
+    assert bad.returncode != 0 and "-d must be >= 0" in bad.stderr and "Traceback" not in bad.stderr

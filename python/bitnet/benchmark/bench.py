@@ -3,7 +3,10 @@ peer (llama.cpp through llama-cpp-python) run on the same model file in the same
 
 Prompt processing (``ppN``) is the time to run an N-token prompt and produce the next
 token's logits; text generation (``tgN``) is N tokens decoded one by one after a one-token
-prompt. Each test runs ``-r`` times after one warm-up; the table shows mean ± stddev.
+prompt. With ``-d D`` (llama-bench's depth) both run with D tokens of context already in the
+KV cache: ``ppN @ dD`` is N / (time to first token of a D + N prompt - that of its first D
+tokens), and ``tgN @ dD`` the N decode steps after a D-token prompt. Each test runs ``-r``
+times after one warm-up; the table shows mean ± stddev.
 Our figures come from :func:`bitnet.benchmark.timing.measure_generation`, the routine the
 suite (``python -m bitnet.benchmark``) also uses.
 """
@@ -65,23 +68,19 @@ def _rates(fn: Callable[[], float], reps: int) -> List[float]:
     return [fn() for _ in range(reps)]
 
 
-def _time_reps(fn: Callable[[], int], reps: int) -> List[float]:
-    fn()   # warm-up
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        n = fn()
-        out.append(n / (time.perf_counter() - t0))
-    return out
+def _depth_suffix(depth: int) -> str:
+    return f" @ d{depth}" if depth > 0 else ""
 
 
 def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, batch: Union[int, Sequence[int]] = 1,
                  fast_head: bool = False, device: Optional[str] = "sim",
-                 decode: Optional[List["DecodeInfo"]] = None, progress: bool = False) -> List[BenchResult]:
+                 decode: Optional[List["DecodeInfo"]] = None, progress: bool = False,
+                 depth: int = 0) -> List[BenchResult]:
     """``pp{n_prompt}`` and ``tg{n_gen}`` tokens/s on ``device``, ``reps`` repetitions each.
 
     ``n_prompt`` or ``n_gen`` of 0 skips that test; ``batch`` rows (one size or several) decode
-    together in tg (the figure counts the tokens of every row). ``device=None`` is the default
+    together in tg (the figure counts the tokens of every row). ``depth`` tokens of context
+    precede both tests (see the module's docstring). ``device=None`` is the default
     device. If ``decode`` is a list, a :class:`DecodeInfo` (bytes read per decode step, step
     time, peak RSS) is appended to it for every tg test. ``progress=True`` shows a spinner on
     stderr while the model loads.
@@ -100,22 +99,32 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
         kernel = bn.card_info()["kernel"]
         tag = f"kernel {kernel}" + (", fast head" if fast_head else "")
         if n_prompt > 0:
-            prompt = rng.integers(0, vocab, size=n_prompt).astype(np.int32)
+            prompt = rng.integers(0, vocab, size=depth + n_prompt).astype(np.int32)
 
             def pp() -> float:
-                return measure_generation(bn, [prompt], 1).prompt_tokens_per_s
+                if depth == 0:
+                    return measure_generation(bn, [prompt], 1).prompt_tokens_per_s
+                # The prompt's last n_prompt tokens, after its first `depth` ones: the difference
+                # of the two prompts' times to the first token.
+                whole = measure_generation(bn, [prompt], 1).first_token_seconds
+                context = measure_generation(bn, [prompt[:depth]], 1).first_token_seconds
+                return n_prompt / (whole - context) if whole > context else float("nan")
 
-            results.append(BenchResult("bitnet", f"pp{n_prompt}", threads, _rates(pp, reps), tag))
+            results.append(BenchResult("bitnet", f"pp{n_prompt}{_depth_suffix(depth)}", threads, _rates(pp, reps), tag))
         for b in batches if n_gen > 0 else []:
-            start = rng.integers(0, vocab, size=(b, 1)).astype(np.int32)
+            start = rng.integers(0, vocab, size=(b, max(1, depth))).astype(np.int32)
             timings: List[Any] = []
 
             def tg() -> float:
-                timings.append(measure_generation(bn, list(start), n_gen))
-                return timings[-1].generated_tokens_per_s
+                if depth == 0:
+                    timings.append(measure_generation(bn, list(start), n_gen))
+                    return timings[-1].generated_tokens_per_s
+                # n_gen decode steps after the context's forward pass (which gives token 1).
+                timings.append(measure_generation(bn, list(start), n_gen + 1))
+                return timings[-1].decode_tokens_per_s
 
             reset_peak_rss()
-            name = f"tg{n_gen}" + (f" x{b}" if b > 1 else "")
+            name = f"tg{n_gen}{_depth_suffix(depth)}" + (f" x{b}" if b > 1 else "")
             results.append(BenchResult("bitnet", name, threads, _rates(tg, reps), tag))
             if decode is not None:
                 steps = [t.decode_seconds / max(1, t.generated_tokens - 1) for t in timings[1:]]
@@ -124,6 +133,7 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
                     weight_bytes=int(bn.card_info()["weight_used"]),
                     # the fast head reads its int8 copy (one byte per weight) plus a few exact rows
                     head_bytes=vocab * int(bn.model_config()["hidden_size"]) if fast_head else _head_bytes(model),
+                    kv_bytes=b * _kv_bytes_per_step(bn.model_config(), depth, n_gen),
                     step_seconds=statistics.median(steps) if steps else float("nan"),
                     peak_rss_bytes=peak_rss_bytes(), file_bytes=os.path.getsize(model)))
     return results
@@ -142,46 +152,58 @@ class DecodeInfo:
     step_seconds: float      # median time of one decode step (first token -> last token / steps)
     peak_rss_bytes: int      # peak resident memory during the test (VmHWM, reset before it)
     file_bytes: int
+    kv_bytes: int = 0        # KV cache read per step (fp32 K and V of every layer), mean over the steps
 
     @property
     def bytes_per_step(self) -> int:
-        return self.weight_bytes + self.head_bytes
+        return self.weight_bytes + self.head_bytes + self.kv_bytes
 
     @property
     def gbps(self) -> float:
         return self.bytes_per_step / self.step_seconds / 1e9
 
 
-def bench_llama_cpp(model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> List[BenchResult]:
+def _kv_bytes_per_step(config: dict, depth: int, n_gen: int) -> int:
+    """fp32 K and V bytes one sequence's decode step reads, averaged over ``n_gen`` steps after
+    ``depth`` (at least 1) prompt tokens."""
+    per_pos = 2 * 4 * int(config["num_layers"]) * int(config["num_kv_heads"]) * int(config["head_dim"])
+    return int(per_pos * (max(1, depth) + n_gen / 2))
+
+
+def bench_llama_cpp(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, depth: int = 0) -> List[BenchResult]:
     """The same tests through llama-cpp-python (``pip install .[bench]``)."""
     try:
         from llama_cpp import Llama
     except ImportError as e:   # pragma: no cover - depends on the optional extra
         raise SystemExit(f"--vs llama.cpp needs llama-cpp-python: pip install 'bitnet[bench]' ({e})")
-    llm = Llama(model_path=model, n_ctx=max(512, n_prompt + n_gen + 8), n_batch=max(n_prompt, 32),
+    llm = Llama(model_path=model, n_ctx=max(512, depth + max(n_prompt, n_gen) + 8), n_batch=max(n_prompt, 32),
                 n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
     rng = np.random.default_rng(0)
     vocab = llm.n_vocab()
+    context = rng.integers(0, vocab, size=depth).tolist()
     results = []
+
+    def timed(tokens: List[int], one_by_one: bool) -> float:
+        """tokens/s of evaluating ``tokens`` after ``context`` (whose evaluation is not timed)."""
+        llm.reset()
+        if context:
+            llm.eval(context)
+        t0 = time.perf_counter()
+        if one_by_one:
+            for t in tokens:
+                llm.eval([t])
+        else:
+            llm.eval(tokens)
+        return len(tokens) / (time.perf_counter() - t0)
+
     if n_prompt > 0:
         prompt = rng.integers(0, vocab, size=n_prompt).tolist()
-
-        def pp() -> int:
-            llm.reset()
-            llm.eval(prompt)
-            return n_prompt
-
-        results.append(BenchResult("llama.cpp", f"pp{n_prompt}", threads, _time_reps(pp, reps)))
+        results.append(BenchResult("llama.cpp", f"pp{n_prompt}{_depth_suffix(depth)}", threads,
+                                   _rates(lambda: timed(prompt, False), reps)))
     if n_gen > 0:
         toks = rng.integers(0, vocab, size=n_gen).tolist()
-
-        def tg() -> int:
-            llm.reset()
-            for t in toks:
-                llm.eval([t])
-            return n_gen
-
-        results.append(BenchResult("llama.cpp", f"tg{n_gen}", threads, _time_reps(tg, reps)))
+        results.append(BenchResult("llama.cpp", f"tg{n_gen}{_depth_suffix(depth)}", threads,
+                                   _rates(lambda: timed(toks, True), reps)))
     return results
 
 
@@ -194,7 +216,7 @@ def format_table(model: str, results: List[BenchResult]) -> str:
                     f"{r.mean:.2f} ± {r.std:.2f} | {r.extra} |")
     peer = {(r.test, r.threads): r for r in results if r.engine == "llama.cpp"}
     for r in results:
-        p = peer.get((r.test.split(" ")[0], r.threads)) if r.engine == "bitnet" and " x" not in r.test else None
+        p = peer.get((r.test, r.threads)) if r.engine == "bitnet" and " x" not in r.test else None
         if p is not None and p.mean > 0:
             head = ", fast head" if "fast head" in r.extra else ""
             rows.append(f"\nbitnet / llama.cpp {r.test} ({r.threads} threads{head}): {r.mean / p.mean:.2f}x")
@@ -218,6 +240,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=64)
     p.add_argument("-t", "--threads", default=None, help="thread count, or a list such as 1,2 (default: all CPUs)")
     p.add_argument("-r", "--reps", type=int, default=3)
+    p.add_argument("-d", "--depth", type=int, default=0,
+                   help="tokens of context already in the KV cache before each test (llama-bench's -d)")
     p.add_argument("--batch", default="1", help="sequences decoded together in tg; a list such as 1,8 runs each")
     p.add_argument("--head", default=None, choices=["exact", "fast", "both"],
                    help="output head: exact (default), fast (greedy-exact int8 scoring), or both in one run")
@@ -232,7 +256,8 @@ def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
     lines = ["", "decode (per step: bytes read = card weights + output head; peak RSS during the test):"]
     for d in decode:
         line = (f"  {d.test} t={d.threads}{' fast head' if d.fast_head else ''}: "
-                f"{d.bytes_per_step / 1e6:.0f} MB/step ({d.weight_bytes / 1e6:.0f} weights + {d.head_bytes / 1e6:.0f} head), "
+                f"{d.bytes_per_step / 1e6:.0f} MB/step ({d.weight_bytes / 1e6:.0f} weights + {d.head_bytes / 1e6:.0f} head"
+                + (f" + {d.kv_bytes / 1e6:.0f} KV cache" if d.kv_bytes else "") + "), "
                 f"{d.step_seconds * 1e3:.1f} ms/step = {d.gbps:.1f} GB/s; "
                 f"peak RSS {d.peak_rss_bytes / 2**20:.0f} MiB = {d.peak_rss_bytes / d.file_bytes:.2f}x the file")
         bw = bandwidth.get(d.threads)
@@ -247,7 +272,8 @@ def main(args: argparse.Namespace) -> int:
     """Run ``bitnet bench`` with parsed ``args``; print the table; return the exit code."""
     threads_list = _int_list(args.threads, "-t", 1) if args.threads else [os.cpu_count() or 1]
     batches = _int_list(args.batch, "--batch", 1)
-    for name, v, lo in (("-p", args.n_prompt, 0), ("-n", args.n_gen, 0), ("-r", args.reps, 1)):
+    depth = getattr(args, "depth", 0)
+    for name, v, lo in (("-p", args.n_prompt, 0), ("-n", args.n_gen, 0), ("-r", args.reps, 1), ("-d", depth, 0)):
         if v < lo:
             raise SystemExit(f"bitnet bench: {name} must be >= {lo}")
     head = args.head or ("fast" if args.fast_head else "exact")
@@ -265,10 +291,10 @@ def main(args: argparse.Namespace) -> int:
         for fast in heads:
             results += bench_bitnet(args.model, args.n_prompt, args.n_gen, threads, args.reps, batches, fast,
                                     device=getattr(args, "device", None), decode=decode,
-                                    progress=enabled(getattr(args, "progress", False)))
+                                    progress=enabled(getattr(args, "progress", False)), depth=depth)
         if args.vs == "llama.cpp" and peer_error is None:
             try:
-                results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps)
+                results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps, depth)
             except (ValueError, RuntimeError, OSError) as e:
                 peer_error = e
         if args.bandwidth:
