@@ -171,25 +171,39 @@ void Engine::rope(float* q, int64_t n_q, float* k, int64_t n_k, const float* cs)
 
 namespace {
 
-// 8 floats: one AVX2 register (GCC keeps vector types wider than the target's registers in
-// memory: 16-float vectors in the AVX2 clone went through the stack at every step).
+// Vectors of 8 floats (one AVX2 register) and of 4 (one SSE or NEON register). GCC keeps a
+// vector type wider than the target's registers in memory (16 floats in the AVX2 clone, or 8
+// in the baseline SSE2 clone, went through the stack at every step), so each clone must use
+// the width it has: wide_vectors() tells attend_group which (AVX2 CPUs run the AVX2 or
+// AVX-512 clone; the baseline clone runs only on CPUs without AVX2).
 typedef float F8x __attribute__((vector_size(32)));
+typedef float F4x __attribute__((vector_size(16)));
 
-// o_j[0..16) += p_j,t * v_t[0..16) for positions t in [t0, t1), in order, for NH heads at once
-// (head j: its probabilities at sc + j * ldsc, its output at o + j * ldo): each V row chunk is
-// loaded once for all NH heads. Element-wise the same multiply, then add, as the one-head loop
-// (the build has -ffp-contract=off). Inlined into each clone of attend_group, so it is
-// compiled for that clone's target.
-template <int NH>
+inline bool wide_vectors() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    return avx2;
+#else
+    return false;
+#endif
+}
+
+// o_j[c] += p_j,t * v_t[c] for 2 * lanes(V) columns c, positions t in [t0, t1) in order, for NH
+// heads at once (head j: its probabilities at sc + j * ldsc, its output at o + j * ldo): each
+// V row chunk is loaded once for all NH heads. Element-wise the same multiply, then add, as a
+// one-head scalar loop (the build has -ffp-contract=off), whatever V. Inlined into each clone
+// of attend_group, so it is compiled for that clone's target.
+template <int NH, typename V>
 inline __attribute__((always_inline)) void pv_block(const float* sc, int64_t ldsc, const float* v, int64_t ldv,
                                                     int64_t t0, int64_t t1, float* o, int64_t ldo) {
-    F8x a[NH][2];
+    constexpr int64_t W = sizeof(V) / sizeof(float);
+    V a[NH][2];
     for (int j = 0; j < NH; ++j)
-        for (int k = 0; k < 2; ++k) std::memcpy(&a[j][k], o + j * ldo + 8 * k, sizeof(F8x));
+        for (int k = 0; k < 2; ++k) std::memcpy(&a[j][k], o + j * ldo + W * k, sizeof(V));
     for (int64_t t = t0; t < t1; ++t) {
-        F8x v0, v1;
-        std::memcpy(&v0, v + t * ldv, sizeof(F8x));
-        std::memcpy(&v1, v + t * ldv + 8, sizeof(F8x));
+        V v0, v1;
+        std::memcpy(&v0, v + t * ldv, sizeof(V));
+        std::memcpy(&v1, v + t * ldv + W, sizeof(V));
         for (int j = 0; j < NH; ++j) {
             const float p = sc[j * ldsc + t];
             a[j][0] = a[j][0] + p * v0;
@@ -197,7 +211,19 @@ inline __attribute__((always_inline)) void pv_block(const float* sc, int64_t lds
         }
     }
     for (int j = 0; j < NH; ++j)
-        for (int k = 0; k < 2; ++k) std::memcpy(o + j * ldo + 8 * k, &a[j][k], sizeof(F8x));
+        for (int k = 0; k < 2; ++k) std::memcpy(o + j * ldo + W * k, &a[j][k], sizeof(V));
+}
+
+// pv_block over columns [0, hd / cols * cols) of NH heads, cols = 2 * lanes(V).
+template <typename V>
+inline __attribute__((always_inline)) void pv_columns(const float* sc, int64_t ldsc, int64_t nh, const float* v,
+                                                      int64_t ldv, int64_t t0, int64_t t1, float* o, int64_t hd) {
+    constexpr int64_t cols = 2 * sizeof(V) / sizeof(float);
+    for (int64_t d0 = 0; d0 + cols <= hd; d0 += cols) {
+        int64_t h = 0;
+        for (; h + 4 <= nh; h += 4) pv_block<4, V>(sc + h * ldsc, ldsc, v + d0, ldv, t0, t1, o + h * hd + d0, hd);
+        for (; h < nh; ++h) pv_block<1, V>(sc + h * ldsc, ldsc, v + d0, ldv, t0, t1, o + h * hd + d0, hd);
+    }
 }
 
 // One attention task: query heads [h0, h1) (of kv head kvh's group) of rows [r0, r1) of one
@@ -245,27 +271,26 @@ BITNET_HOST_CLONES void attend_group(const sim::KernelTable& kt, const float* Q,
             for (int64_t t = 0; t < n; ++t) sc[t] = sc[t] / sum;
         }
     // o[d] = sum_t p_t v_t[d] in position order, a block of V rows at a time. Within a block,
-    // 16 columns of up to 4 heads are held in registers across the positions, so each V row
-    // chunk is loaded once for the heads that share it.
+    // 16 columns (8 without AVX2) of up to 4 heads are held in registers across the positions,
+    // so each V row chunk is loaded once for the heads that share it.
     for (int64_t r = r0; r < r1; ++r) std::fill(O + r * QD + h0 * hd, O + r * QD + h1 * hd, 0.0f);
-    const int64_t hd16 = hd / 16 * 16;
+    const bool wide = wide_vectors();
+    const int64_t cols = wide ? 16 : 8, hdv = hd / cols * cols;
     for (int64_t t0 = 0; t0 < ctx; t0 += kBlock) {
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t t1 = std::min(t0 + kBlock, pos[r] + 1);
             if (t1 <= t0) continue;
-            for (int64_t d0 = 0; d0 < hd16; d0 += 16) {
-                int64_t h = h0;
-                for (; h + 4 <= h1; h += 4)
-                    pv_block<4>(scores_of(r, h), ctx, v0 + d0, ld, t0, t1, O + r * QD + h * hd + d0, hd);
-                for (; h < h1; ++h) pv_block<1>(scores_of(r, h), ctx, v0 + d0, ld, t0, t1, O + r * QD + h * hd + d0, hd);
-            }
-            for (int64_t h = h0; h < h1; ++h) {   // columns past the last multiple of 16
+            if (wide)
+                pv_columns<F8x>(scores_of(r, h0), ctx, nh, v0, ld, t0, t1, O + r * QD + h0 * hd, hd);
+            else
+                pv_columns<F4x>(scores_of(r, h0), ctx, nh, v0, ld, t0, t1, O + r * QD + h0 * hd, hd);
+            for (int64_t h = h0; h < h1 && hdv < hd; ++h) {   // columns past the last multiple of cols
                 const float* sc = scores_of(r, h);
                 float* o = O + r * QD + h * hd;
                 for (int64_t t = t0; t < t1; ++t) {
                     const float p = sc[t];
                     const float* vt = v0 + t * ld;
-                    for (int64_t d = hd16; d < hd; ++d) o[d] = o[d] + p * vt[d];
+                    for (int64_t d = hdv; d < hd; ++d) o[d] = o[d] + p * vt[d];
                 }
             }
         }
