@@ -489,11 +489,15 @@ inline float sum_lanes(const float lane[16]) {
     return _mm_cvtss_f32(s1);
 }
 
-// The scalar tail of one fp16 dot product, elements [from, n) added to their lanes in order,
-// then the 16 lanes summed (lane: 32-byte aligned).
-inline float finish_f16(float lane[16], const uint16_t* e, const float* x, int64_t from, int64_t n) {
+inline float to_f32(uint16_t h) { return _cvtsh_ss(h); }
+inline float to_f32(float v) { return v; }
+
+// The scalar tail of one dot product (fp16 or fp32 rows), elements [from, n) added to their
+// lanes in order, then the 16 lanes summed (lane: 32-byte aligned).
+template <typename T>
+inline float finish_lanes(float lane[16], const T* e, const float* x, int64_t from, int64_t n) {
     for (int64_t k = from; k < n; ++k) {
-        const float p = _cvtsh_ss(e[k]) * x[k];
+        const float p = to_f32(e[k]) * x[k];
         lane[k % 16] = lane[k % 16] + p;
     }
     return sum_lanes(lane);
@@ -528,7 +532,7 @@ void dot_f16_block(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, i
             alignas(32) float lane[16];
             _mm256_store_ps(lane, a0[r][w]);
             _mm256_store_ps(lane + 8, a1[r][w]);
-            out[w * ldo + r] = finish_f16(lane, er, xw, i, n);
+            out[w * ldo + r] = finish_lanes(lane, er, xw, i, n);
         }
 }
 
@@ -627,20 +631,10 @@ void avx2_dot_f16(const uint16_t* rows_, int64_t ld, int64_t n_rows, const float
                 for (int64_t w = 0; w < nv; ++w) {
                     const uint16_t* er = rows_ + (r0 + r) * ld;
                     const float* xw = x + (w0 + w) * ldx;
-                    out[(w0 + w) * ldo + r0 + r] = finish_f16(acc + (r * nv + w) * 16, er, xw, n16, n);
+                    out[(w0 + w) * ldo + r0 + r] = finish_lanes(acc + (r * nv + w) * 16, er, xw, n16, n);
                 }
         }
     }
-}
-
-// The scalar tail of one fp32 dot product, elements [from, n) added to their lanes in order,
-// then the 16 lanes summed (lane: 32-byte aligned).
-inline float finish_f32(float lane[16], const float* e, const float* x, int64_t from, int64_t n) {
-    for (int64_t k = from; k < n; ++k) {
-        const float p = e[k] * x[k];
-        lane[k % 16] = lane[k % 16] + p;
-    }
-    return sum_lanes(lane);
 }
 
 // RB rows against XB vectors in the contract's order: lanes 0..7, then 8..15, are two passes
@@ -666,7 +660,7 @@ void dot_f32_tile(const float* e, int64_t ld, const float* x, int64_t ldx, int64
             for (int w = 0; w < XB; ++w) _mm256_store_ps(lane[r * XB + w] + h, s[r][w]);
     }
     for (int r = 0; r < RB; ++r)
-        for (int w = 0; w < XB; ++w) out[w * ldo + r] = finish_f32(lane[r * XB + w], e + r * ld, x + w * ldx, n16, n);
+        for (int w = 0; w < XB; ++w) out[w * ldo + r] = finish_lanes(lane[r * XB + w], e + r * ld, x + w * ldx, n16, n);
 }
 
 template <int RB, int XB>

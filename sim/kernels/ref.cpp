@@ -77,19 +77,21 @@ float fp16_bits_to_float(uint16_t h) {
     return f;
 }
 
-void ref_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* xs, int64_t ldx, int64_t nx, int64_t n,
-                 float* outs, int64_t ldo) {
-    // The summation order is part of the contract (docs/NUMERICS.md "Output head") so that
-    // every kernel gives bit-identical logits: 16 interleaved partial sums (lane l takes the
-    // elements i = l mod 16, in order; multiply and add rounded separately, no FMA), then a
-    // fixed tree: lanes l + 8, then l + 4, l + 2, l + 1.
+// The summation order is part of the contract (docs/NUMERICS.md "Output head") so that every
+// kernel gives bit-identical logits and attention scores: 16 interleaved partial sums (lane l
+// takes the elements i = l mod 16, in order; multiply and add rounded separately, no FMA),
+// then a fixed tree: lanes l + 8, then l + 4, l + 2, l + 1. Rows of T (fp16 bits or fp32),
+// each element made fp32 by to_f32, against nx fp32 vectors.
+template <typename T, typename ToF32>
+void ordered_dots(const T* rows, int64_t ld, int64_t n_rows, const float* xs, int64_t ldx, int64_t nx, int64_t n,
+                  float* outs, int64_t ldo, ToF32 to_f32) {
     for (int64_t r = 0; r < n_rows; ++r) {
-        const uint16_t* e = rows + r * ld;
+        const T* e = rows + r * ld;
         for (int64_t w = 0; w < nx; ++w) {
             const float* x = xs + w * ldx;
             float acc[16] = {0};
             for (int64_t i = 0; i < n; ++i) {
-                const float p = fp16_bits_to_float(e[i]) * x[i];
+                const float p = to_f32(e[i]) * x[i];
                 acc[i % 16] = acc[i % 16] + p;
             }
             for (int s = 8; s >= 1; s /= 2)
@@ -99,22 +101,14 @@ void ref_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* 
     }
 }
 
+void ref_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const float* xs, int64_t ldx, int64_t nx, int64_t n,
+                 float* outs, int64_t ldo) {
+    ordered_dots(rows, ld, n_rows, xs, ldx, nx, n, outs, ldo, fp16_bits_to_float);
+}
+
 void ref_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* xs, int64_t ldx, int64_t nx, int64_t n,
                  float* outs, int64_t ldo) {
-    for (int64_t r = 0; r < n_rows; ++r) {
-        const float* e = rows + r * ld;
-        for (int64_t w = 0; w < nx; ++w) {
-            const float* x = xs + w * ldx;
-            float acc[16] = {0};
-            for (int64_t i = 0; i < n; ++i) {
-                const float p = e[i] * x[i];
-                acc[i % 16] = acc[i % 16] + p;
-            }
-            for (int s = 8; s >= 1; s /= 2)
-                for (int l = 0; l < s; ++l) acc[l] = acc[l] + acc[l + s];
-            outs[w * ldo + r] = acc[0];
-        }
-    }
+    ordered_dots(rows, ld, n_rows, xs, ldx, nx, n, outs, ldo, [](float v) { return v; });
 }
 
 void ref_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t nx, int64_t n,
