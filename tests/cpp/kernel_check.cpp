@@ -273,6 +273,9 @@ int main(int argc, char** argv) {
         for (int64_t K : {1, 17, 63, 64, 65, 128, 321, 640, 2500, 2567, 5300})
             for (int64_t B : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 64})
                 for (int mode = 0; mode < 4; ++mode) check_gemm(k, rng, (K % 7) + 33, K, B, mode);
+        // More rows than one block of the batch kernels (AVX-512: 48), not a multiple of a tile.
+        for (int64_t K : {640, 2567})
+            for (int64_t B : {1, 2, 6, 8, 13}) check_gemm(k, rng, 149, K, B, 0);
         // Very long rows take the kernels' fallback paths (e.g. AVX-512's masked GEMV is bounded).
         for (int64_t B : {1, 3, 9}) check_gemm(k, rng, 3, 16385 * 64 + 5, B, 1);
         for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 128, 2560, 2561})
