@@ -392,12 +392,15 @@ void dot_tile(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, int64_
         for (int w = 0; w < XB; ++w) acc[r][w] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        // The same columns of the next RB rows are prefetched, one cache line per row every 32
-        // elements (a prefetch never faults past the end): the GEMV (one vector) is memory-bound,
-        // and a batch's first pass over the rows needs them too (the hardware prefetcher alone
-        // fed 5 GB/s of rows from memory to 4 x 4 tiles that run at 9 from cache).
+        // The next RB rows (one block of memory) are prefetched front to back, RB cache lines
+        // every 32 elements, so they are done when this tile is (a prefetch never faults past
+        // the end): the GEMV (one vector) is memory-bound, and a batch's first pass over the
+        // rows needs them too. Prefetching the same columns of each next row instead (RB
+        // interleaved streams) reached 73-80% of the machine's read bandwidth (benchmarks/
+        // bandwidth.py's loop) on the 2B-4T head, two threads, Zen 5; front to back 91-99%.
         if (kPrefetch && (i & 31) == 0)
-            for (int r = 0; r < RB; ++r) _mm_prefetch(reinterpret_cast<const char*>(e + (RB + r) * ld + i), _MM_HINT_T0);
+            for (int r = 0; r < RB; ++r)
+                _mm_prefetch(reinterpret_cast<const char*>(e + RB * ld + (i / 32 * RB + r) * 32), _MM_HINT_T0);
         __m512 ev[RB];
         for (int r = 0; r < RB; ++r)
             ev[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + r * ld + i)));
@@ -490,9 +493,12 @@ void dot_i8_tile(const int8_t* e, int64_t ld, const int8_t* x, int64_t ldx, int6
         for (int w = 0; w < XB; ++w) acc[r][w] = _mm512_setzero_si512();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        // Prefetch the same columns of the next RB rows: one vector is memory-bound, and with 8
-        // the hardware prefetcher alone fed 5.8 GB/s of rows from memory (9 with this).
-        for (int r = 0; r < RB; ++r) _mm_prefetch(reinterpret_cast<const char*>(e + (RB + r) * ld + i), _MM_HINT_T0);
+        // Prefetch the next RB rows front to back, RB cache lines per 64 columns (as dot_tile):
+        // one vector is memory-bound (2B-4T int8 head, two threads, Zen 5: 75-81% of the
+        // machine's read bandwidth with the same columns of each next row, 94-101% this way),
+        // and with 8 the hardware prefetcher alone fed 5.8 GB/s of rows from memory (9 with this).
+        for (int r = 0; r < RB; ++r)
+            _mm_prefetch(reinterpret_cast<const char*>(e + RB * ld + (i / 64 * RB + r) * 64), _MM_HINT_T0);
         __m512i ev[RB];
         for (int r = 0; r < RB; ++r) ev[r] = _mm512_xor_si512(_mm512_loadu_si512(e + r * ld + i), bias);   // e + 128 as u8
         for (int w = 0; w < XB; ++w) {
