@@ -502,7 +502,8 @@ void dot_i8_tile(const int8_t* e, int64_t ld, const int8_t* x, int64_t ldx, int6
         __m512i ev[RB];
         for (int r = 0; r < RB; ++r) ev[r] = _mm512_xor_si512(_mm512_loadu_si512(e + r * ld + i), bias);   // e + 128 as u8
         for (int w = 0; w < XB; ++w) {
-            const __m512i xv = _mm512_loadu_si512(x + w * ldx + i);
+            __m512i xv = _mm512_loadu_si512(x + w * ldx + i);
+            __asm__("" : "+v"(xv));   // one load per vector: GCC folds it into every VPDPBUSD otherwise
             for (int r = 0; r < RB; ++r) acc[r][w] = _mm512_dpbusd_epi32(acc[r][w], ev[r], xv);
         }
     }
