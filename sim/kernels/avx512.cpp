@@ -451,33 +451,78 @@ void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const floa
     for (; r < n_rows; ++r) dot_rows<1>(rows + r * ld, ld, x, ldx, nx, n, out + r, ldo);
 }
 
-template <int RB>
-void dot_rows_f32(const float* e, int64_t ld, const float* x, int64_t n, float* out) {
-    __m512 acc[RB];
-    for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+// The contract's 16-lane sums (reduce16) of 16 accumulators at once, in the same tree: each
+// level adds the same pairs of lanes as reduce16 does, for four (then eight, then all sixteen)
+// accumulators per instruction. 45 vector instructions for 16 sums against about 8 each: the
+// sums of attention scores have only head_dim / 16 = 8 steps, so one at a time the tree cost
+// as much as the products. Returns, in 128-bit lane j, the sums of a[4k + j] for k = 0..3.
+__attribute__((always_inline)) inline __m512 reduce16x16(const __m512* a) {
+    __m512 b[8], c[4], d[2];
+    for (int p = 0; p < 8; ++p)   // l += l + 8: [a_2p lanes 0..7 | a_2p+1 lanes 0..7]
+        b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int q = 0; q < 4; ++q)   // l += l + 4: 128-bit lane j holds a_4q+j's lanes 0..3
+        c[q] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * q], b[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(b[2 * q], b[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int t = 0; t < 2; ++t)   // l += l + 2
+        d[t] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * t], c[2 * t + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(c[2 * t], c[2 * t + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),   // lane 0 + lane 1
+                         _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// RB rows against XB vectors (attention: a block of keys against the query heads that share
+// them): one accumulator of the contract's 16 lanes per pair, RB * XB independent chains.
+template <int RB, int XB>
+__attribute__((always_inline)) inline void dot_f32_tile(const float* e, int64_t ld, const float* x, int64_t ldx, int64_t n, float* out, int64_t ldo) {
+    __m512 acc[RB * XB];   // pair (r, w) at r * XB + w
+    for (int i = 0; i < RB * XB; ++i) acc[i] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        const __m512 xv = _mm512_loadu_ps(x + i);
-        for (int r = 0; r < RB; ++r) acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_loadu_ps(e + r * ld + i), xv));
+        __m512 ev[RB];
+        for (int r = 0; r < RB; ++r) ev[r] = _mm512_loadu_ps(e + r * ld + i);
+        for (int w = 0; w < XB; ++w) {
+            __m512 xv = _mm512_loadu_ps(x + w * ldx + i);
+            __asm__("" : "+v"(xv));   // one load per vector (GCC would fold it into every multiply)
+            for (int r = 0; r < RB; ++r) acc[r * XB + w] = _mm512_add_ps(acc[r * XB + w], _mm512_mul_ps(ev[r], xv));
+        }
     }
     if (i < n) {
         const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-        const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        for (int r = 0; r < RB; ++r)
-            acc[r] = _mm512_mask_add_ps(acc[r], m, acc[r], _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + r * ld + i), xv));
+        __m512 ev[RB];
+        for (int r = 0; r < RB; ++r) ev[r] = _mm512_maskz_loadu_ps(m, e + r * ld + i);
+        for (int w = 0; w < XB; ++w) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x + w * ldx + i);
+            for (int r = 0; r < RB; ++r)
+                acc[r * XB + w] = _mm512_mask_add_ps(acc[r * XB + w], m, acc[r * XB + w], _mm512_mul_ps(ev[r], xv));
+        }
     }
-    for (int r = 0; r < RB; ++r) out[r] = reduce16(acc[r]);
+    if (RB == 4 && XB == 4) {   // 128-bit lane w: the sums of rows 0..3 with vector w
+        const __m512 sums = reduce16x16(acc);
+        _mm_storeu_ps(out, _mm512_castps512_ps128(sums));
+        _mm_storeu_ps(out + ldo, _mm512_extractf32x4_ps(sums, 1));
+        _mm_storeu_ps(out + 2 * ldo, _mm512_extractf32x4_ps(sums, 2));
+        _mm_storeu_ps(out + 3 * ldo, _mm512_extractf32x4_ps(sums, 3));
+        return;
+    }
+    for (int r = 0; r < RB; ++r)
+        for (int w = 0; w < XB; ++w) out[w * ldo + r] = reduce16(acc[r * XB + w]);
 }
 
-// One vector at a time: the rows (a block of attention keys) stay in L1 across the vectors.
+// Attention scores: a block of keys (rows) against the query heads that share them (vectors):
+// tiles of 4 keys x 4 heads reduced together; the other vectors one at a time against 4 keys.
 void avx512_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* xs, int64_t ldx, int64_t nx, int64_t n,
                     float* outs, int64_t ldo) {
-    for (int64_t w = 0; w < nx; ++w) {
-        const float* x = xs + w * ldx;
-        float* out = outs + w * ldo;
+    int64_t w = 0;
+    for (; w + 4 <= nx; w += 4) {
         int64_t r = 0;
-        for (; r + 4 <= n_rows; r += 4) dot_rows_f32<4>(rows + r * ld, ld, x, n, out + r);
-        for (; r < n_rows; ++r) dot_rows_f32<1>(rows + r * ld, ld, x, n, out + r);
+        for (; r + 4 <= n_rows; r += 4) dot_f32_tile<4, 4>(rows + r * ld, ld, xs + w * ldx, ldx, n, outs + w * ldo + r, ldo);
+        for (; r < n_rows; ++r) dot_f32_tile<1, 4>(rows + r * ld, ld, xs + w * ldx, ldx, n, outs + w * ldo + r, ldo);
+    }
+    for (; w < nx; ++w) {
+        int64_t r = 0;
+        for (; r + 4 <= n_rows; r += 4) dot_f32_tile<4, 1>(rows + r * ld, ld, xs + w * ldx, ldx, n, outs + w * ldo + r, ldo);
+        for (; r < n_rows; ++r) dot_f32_tile<1, 1>(rows + r * ld, ld, xs + w * ldx, ldx, n, outs + w * ldo + r, ldo);
     }
 }
 
