@@ -85,8 +85,6 @@ void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
 #define BITNET_CLOBBERS "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", \
     "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", \
     "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
-#define BITNET_Z8(a, b, c, d, e, f, g, h) BITNET_Z(a) BITNET_Z(b) BITNET_Z(c) BITNET_Z(d) BITNET_Z(e) BITNET_Z(f) BITNET_Z(g) BITNET_Z(h)
-#define BITNET_S8(a, b, c, d, e, f, g, h) BITNET_S(a) BITNET_S(b) BITNET_S(c) BITNET_S(d) BITNET_S(e) BITNET_S(f) BITNET_S(g) BITNET_S(h)
 
 alignas(64) const uint32_t kLaneMask[16] = {0x03030303u, 0x03030303u, 0x03030303u, 0x03030303u,
                                             0x0C0C0C0Cu, 0x0C0C0C0Cu, 0x0C0C0C0Cu, 0x0C0C0C0Cu,
@@ -255,6 +253,16 @@ void asm_tile<1, 1>(const uint8_t* const* w, const int8_t* const* q, int64_t n, 
         BITNET_S(0)
         BITNET_ASM_OPERANDS([w0] "r"(w[0]), [q0] "r"(q[0])));
 }
+
+#undef BITNET_W
+#undef BITNET_Q
+#undef BITNET_DP
+#undef BITNET_Z
+#undef BITNET_S
+#undef BITNET_LOOP_END
+#undef BITNET_MASK
+#undef BITNET_CLOBBERS
+#undef BITNET_ASM_OPERANDS
 
 // The sums of 8 accumulators of asm_tile (scaled lanes, see tile_masked), reduced together:
 // 4-lane sums within each 128-bit lane by two rounds of unpack and add (every partial sum stays
