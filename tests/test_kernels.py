@@ -60,6 +60,14 @@ def test_kernel_batch_sizes_and_row_ranges(kernel, batch):
         assert not got[:, :j0].any() and not got[:, j1:].any()   # rows outside the range untouched
 
 
+@pytest.mark.parametrize("kernel", ["ref"] + KERNELS)
+@pytest.mark.parametrize("batch", [1, 3, 8, 9, 64])
+def test_kernel_empty_rows(kernel, batch):
+    # K = 0 (the card refuses such a matrix, the kernels must still not divide by a zero chunk count)
+    got = _core._kernel_gemm(kernel, np.zeros((5, 0), np.int8), np.zeros((batch, 0), np.int8), 0, 5)
+    assert got.shape == (batch, 5) and not got.any()
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 64, 100, 2560, 2561])
 def test_dot_f16_bit_identical(kernel, n):

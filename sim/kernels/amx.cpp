@@ -262,7 +262,7 @@ void gemm_small_batch(const TernarySlot& s, const ActBatch& a, int32_t* acc, int
 }
 
 void amx_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
-    if (a.B < 8 || !a.prepared) {
+    if (a.B < 8 || !a.prepared || s.row_bytes == 0) {   // (K = 0: the AVX-512 kernel's empty sums)
         avx512_kernels().gemm(s, a, acc, ldacc, j0, j1);
         return;
     }

@@ -439,6 +439,11 @@ void avx2_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ld
     alignas(32) uint8_t codes[kRowBlock * kMaxChunk];
     const Expand ex;
     const int64_t kpad = s.row_bytes * 4;
+    if (kpad == 0) {   // K = 0 (the card refuses it; the kernel still gives the empty sums)
+        for (int64_t b = 0; b < a.B; ++b)
+            for (int64_t j = j0; j < j1; ++j) acc[b * ldacc + j] = 0;
+        return;
+    }
     const int64_t n_chunks = (kpad + kMaxChunk - 1) / kMaxChunk;
     const int64_t chunk = (kpad / 64 + n_chunks - 1) / n_chunks * 64;   // equal parts, whole groups
     for (int64_t jb = j0; jb < j1; jb += kRowBlock) {

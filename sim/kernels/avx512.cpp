@@ -347,6 +347,11 @@ void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t 
     }
     constexpr int64_t kRowBlock = 48, kMaxChunk = 2560;   // 48: whole tiles of 3, 6 and 8 rows
     const int64_t groups = s.row_bytes / 16;
+    if (groups == 0) {   // K = 0 (the card refuses it; the kernel still gives the empty sums)
+        for (int64_t b = 0; b < a.B; ++b)
+            for (int64_t j = j0; j < j1; ++j) acc[b * ldacc + j] = 0;
+        return;
+    }
     const int64_t n_chunks = (groups * 64 + kMaxChunk - 1) / kMaxChunk;
     const int64_t chunk = (groups + n_chunks - 1) / n_chunks;   // groups per chunk
     const uint8_t* pf_end = s.packed.data() + j1 * s.row_bytes;
