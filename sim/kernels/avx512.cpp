@@ -67,7 +67,7 @@ void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
 
 // Batches in GNU inline assembly (GCC 12 compiled the same loop from intrinsics with every
 // accumulator stored to the stack and copied back on each group: 180 against ~400 multiply-adds
-// per ns). RB weight rows x TB activation rows over groups [0, n) of a k-chunk: per group, each
+// per ns). RB weight rows x TB activation rows over groups [0, n), n >= 1, of a k-chunk: per group, each
 // row's 16 bytes are broadcast and masked (tile_masked's scaled lanes; one AND each, which the
 // vector pipes VPDPBUSD leaves free take), then each activation row's 64 bytes meet the RB
 // rows. Accumulator of (row r, activation row t): zmm(t * RB + r); row r's codes: zmm(RB * TB
