@@ -96,163 +96,113 @@ alignas(64) const uint32_t kLaneMask[16] = {0x03030303u, 0x03030303u, 0x03030303
     : __VA_ARGS__, [end] "m"(end), [s] "m"(s), [mask] "m"(*reinterpret_cast<const __m512i*>(kLaneMask)) \
     : BITNET_CLOBBERS
 
+// The accumulators' zeroing and stores, for the counts the shapes below use.
+#define BITNET_ZERO_1 BITNET_Z(0)
+#define BITNET_ZERO_2 BITNET_ZERO_1 BITNET_Z(1)
+#define BITNET_ZERO_4 BITNET_ZERO_2 BITNET_Z(2) BITNET_Z(3)
+#define BITNET_ZERO_8 BITNET_ZERO_4 BITNET_Z(4) BITNET_Z(5) BITNET_Z(6) BITNET_Z(7)
+#define BITNET_ZERO_16 \
+    BITNET_ZERO_8 BITNET_Z(8) BITNET_Z(9) BITNET_Z(10) BITNET_Z(11) BITNET_Z(12) BITNET_Z(13) BITNET_Z(14) BITNET_Z(15)
+#define BITNET_ZERO_24 \
+    BITNET_ZERO_16 BITNET_Z(16) BITNET_Z(17) BITNET_Z(18) BITNET_Z(19) BITNET_Z(20) BITNET_Z(21) BITNET_Z(22) BITNET_Z(23)
+#define BITNET_STORE_1 BITNET_S(0)
+#define BITNET_STORE_2 BITNET_STORE_1 BITNET_S(1)
+#define BITNET_STORE_4 BITNET_STORE_2 BITNET_S(2) BITNET_S(3)
+#define BITNET_STORE_8 BITNET_STORE_4 BITNET_S(4) BITNET_S(5) BITNET_S(6) BITNET_S(7)
+#define BITNET_STORE_16 \
+    BITNET_STORE_8 BITNET_S(8) BITNET_S(9) BITNET_S(10) BITNET_S(11) BITNET_S(12) BITNET_S(13) BITNET_S(14) BITNET_S(15)
+#define BITNET_STORE_24 \
+    BITNET_STORE_16 BITNET_S(16) BITNET_S(17) BITNET_S(18) BITNET_S(19) BITNET_S(20) BITNET_S(21) BITNET_S(22) BITNET_S(23)
+
 template <int RB, int TB>
 void asm_tile(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s);
 
-template <>
-void asm_tile<3, 8>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {
-    int64_t o;
-    const int64_t end = n * 16;
-    __asm__ volatile(
-        BITNET_MASK
-        BITNET_Z(0) BITNET_Z(1) BITNET_Z(2) BITNET_Z(3) BITNET_Z(4) BITNET_Z(5) BITNET_Z(6) BITNET_Z(7)
-        BITNET_Z(8) BITNET_Z(9) BITNET_Z(10) BITNET_Z(11) BITNET_Z(12) BITNET_Z(13) BITNET_Z(14) BITNET_Z(15)
-        BITNET_Z(16) BITNET_Z(17) BITNET_Z(18) BITNET_Z(19) BITNET_Z(20) BITNET_Z(21) BITNET_Z(22) BITNET_Z(23)
-        "1:\n\t"
-        BITNET_W(0, 24) BITNET_W(1, 25) BITNET_W(2, 26)
-        BITNET_Q(0) BITNET_DP(24, 0) BITNET_DP(25, 1) BITNET_DP(26, 2)
-        BITNET_Q(1) BITNET_DP(24, 3) BITNET_DP(25, 4) BITNET_DP(26, 5)
-        BITNET_Q(2) BITNET_DP(24, 6) BITNET_DP(25, 7) BITNET_DP(26, 8)
-        BITNET_Q(3) BITNET_DP(24, 9) BITNET_DP(25, 10) BITNET_DP(26, 11)
-        BITNET_Q(4) BITNET_DP(24, 12) BITNET_DP(25, 13) BITNET_DP(26, 14)
-        BITNET_Q(5) BITNET_DP(24, 15) BITNET_DP(25, 16) BITNET_DP(26, 17)
-        BITNET_Q(6) BITNET_DP(24, 18) BITNET_DP(25, 19) BITNET_DP(26, 20)
-        BITNET_Q(7) BITNET_DP(24, 21) BITNET_DP(25, 22) BITNET_DP(26, 23)
-        BITNET_LOOP_END
-        BITNET_S(0) BITNET_S(1) BITNET_S(2) BITNET_S(3) BITNET_S(4) BITNET_S(5) BITNET_S(6) BITNET_S(7)
-        BITNET_S(8) BITNET_S(9) BITNET_S(10) BITNET_S(11) BITNET_S(12) BITNET_S(13) BITNET_S(14) BITNET_S(15)
-        BITNET_S(16) BITNET_S(17) BITNET_S(18) BITNET_S(19) BITNET_S(20) BITNET_S(21) BITNET_S(22) BITNET_S(23)
-        BITNET_ASM_OPERANDS([w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [q0] "r"(q[0]), [q1] "r"(q[1]), [q2] "r"(q[2]), [q3] "r"(q[3]), [q4] "r"(q[4]), [q5] "r"(q[5]), [q6] "r"(q[6]), [q7] "r"(q[7])));
-}
+// asm_tile<RB, TB>: NACC = RB * TB accumulators, LOOP the body for one group, then the row and
+// activation pointer operands.
+#define BITNET_ASM_TILE(RB, TB, NACC, LOOP, ...)                                                     \
+    template <>                                                                                     \
+    void asm_tile<RB, TB>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {  \
+        int64_t o;                                                                                  \
+        const int64_t end = n * 16;                                                                 \
+        __asm__ volatile(BITNET_MASK BITNET_ZERO_##NACC "1:\n\t" LOOP BITNET_LOOP_END BITNET_STORE_##NACC \
+                         BITNET_ASM_OPERANDS(__VA_ARGS__));                                         \
+    }
 
-template <>
-void asm_tile<6, 4>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {
-    int64_t o;
-    const int64_t end = n * 16;
-    __asm__ volatile(
-        BITNET_MASK
-        BITNET_Z(0) BITNET_Z(1) BITNET_Z(2) BITNET_Z(3) BITNET_Z(4) BITNET_Z(5) BITNET_Z(6) BITNET_Z(7)
-        BITNET_Z(8) BITNET_Z(9) BITNET_Z(10) BITNET_Z(11) BITNET_Z(12) BITNET_Z(13) BITNET_Z(14) BITNET_Z(15)
-        BITNET_Z(16) BITNET_Z(17) BITNET_Z(18) BITNET_Z(19) BITNET_Z(20) BITNET_Z(21) BITNET_Z(22) BITNET_Z(23)
-        "1:\n\t"
-        BITNET_W(0, 24) BITNET_W(1, 25) BITNET_W(2, 26) BITNET_W(3, 27)
-        BITNET_W(4, 28) BITNET_W(5, 29)
-        BITNET_Q(0) BITNET_DP(24, 0) BITNET_DP(25, 1) BITNET_DP(26, 2) BITNET_DP(27, 3) BITNET_DP(28, 4) BITNET_DP(29, 5)
-        BITNET_Q(1) BITNET_DP(24, 6) BITNET_DP(25, 7) BITNET_DP(26, 8) BITNET_DP(27, 9) BITNET_DP(28, 10) BITNET_DP(29, 11)
-        BITNET_Q(2) BITNET_DP(24, 12) BITNET_DP(25, 13) BITNET_DP(26, 14) BITNET_DP(27, 15) BITNET_DP(28, 16) BITNET_DP(29, 17)
-        BITNET_Q(3) BITNET_DP(24, 18) BITNET_DP(25, 19) BITNET_DP(26, 20) BITNET_DP(27, 21) BITNET_DP(28, 22) BITNET_DP(29, 23)
-        BITNET_LOOP_END
-        BITNET_S(0) BITNET_S(1) BITNET_S(2) BITNET_S(3) BITNET_S(4) BITNET_S(5) BITNET_S(6) BITNET_S(7)
-        BITNET_S(8) BITNET_S(9) BITNET_S(10) BITNET_S(11) BITNET_S(12) BITNET_S(13) BITNET_S(14) BITNET_S(15)
-        BITNET_S(16) BITNET_S(17) BITNET_S(18) BITNET_S(19) BITNET_S(20) BITNET_S(21) BITNET_S(22) BITNET_S(23)
-        BITNET_ASM_OPERANDS([w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]), [w4] "r"(w[4]), [w5] "r"(w[5]), [q0] "r"(q[0]), [q1] "r"(q[1]), [q2] "r"(q[2]), [q3] "r"(q[3])));
-}
+BITNET_ASM_TILE(3, 8, 24,
+                BITNET_W(0, 24) BITNET_W(1, 25) BITNET_W(2, 26)
+                BITNET_Q(0) BITNET_DP(24, 0) BITNET_DP(25, 1) BITNET_DP(26, 2)
+                BITNET_Q(1) BITNET_DP(24, 3) BITNET_DP(25, 4) BITNET_DP(26, 5)
+                BITNET_Q(2) BITNET_DP(24, 6) BITNET_DP(25, 7) BITNET_DP(26, 8)
+                BITNET_Q(3) BITNET_DP(24, 9) BITNET_DP(25, 10) BITNET_DP(26, 11)
+                BITNET_Q(4) BITNET_DP(24, 12) BITNET_DP(25, 13) BITNET_DP(26, 14)
+                BITNET_Q(5) BITNET_DP(24, 15) BITNET_DP(25, 16) BITNET_DP(26, 17)
+                BITNET_Q(6) BITNET_DP(24, 18) BITNET_DP(25, 19) BITNET_DP(26, 20)
+                BITNET_Q(7) BITNET_DP(24, 21) BITNET_DP(25, 22) BITNET_DP(26, 23),
+                [w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [q0] "r"(q[0]),
+                [q1] "r"(q[1]), [q2] "r"(q[2]), [q3] "r"(q[3]), [q4] "r"(q[4]),
+                [q5] "r"(q[5]), [q6] "r"(q[6]), [q7] "r"(q[7]))
 
-template <>
-void asm_tile<8, 2>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {
-    int64_t o;
-    const int64_t end = n * 16;
-    __asm__ volatile(
-        BITNET_MASK
-        BITNET_Z(0) BITNET_Z(1) BITNET_Z(2) BITNET_Z(3) BITNET_Z(4) BITNET_Z(5) BITNET_Z(6) BITNET_Z(7)
-        BITNET_Z(8) BITNET_Z(9) BITNET_Z(10) BITNET_Z(11) BITNET_Z(12) BITNET_Z(13) BITNET_Z(14) BITNET_Z(15)
-        "1:\n\t"
-        BITNET_W(0, 16) BITNET_W(1, 17) BITNET_W(2, 18) BITNET_W(3, 19)
-        BITNET_W(4, 20) BITNET_W(5, 21) BITNET_W(6, 22) BITNET_W(7, 23)
-        BITNET_Q(0) BITNET_DP(16, 0) BITNET_DP(17, 1) BITNET_DP(18, 2) BITNET_DP(19, 3) BITNET_DP(20, 4) BITNET_DP(21, 5) BITNET_DP(22, 6) BITNET_DP(23, 7)
-        BITNET_Q(1) BITNET_DP(16, 8) BITNET_DP(17, 9) BITNET_DP(18, 10) BITNET_DP(19, 11) BITNET_DP(20, 12) BITNET_DP(21, 13) BITNET_DP(22, 14) BITNET_DP(23, 15)
-        BITNET_LOOP_END
-        BITNET_S(0) BITNET_S(1) BITNET_S(2) BITNET_S(3) BITNET_S(4) BITNET_S(5) BITNET_S(6) BITNET_S(7)
-        BITNET_S(8) BITNET_S(9) BITNET_S(10) BITNET_S(11) BITNET_S(12) BITNET_S(13) BITNET_S(14) BITNET_S(15)
-        BITNET_ASM_OPERANDS([w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]), [w4] "r"(w[4]), [w5] "r"(w[5]), [w6] "r"(w[6]), [w7] "r"(w[7]), [q0] "r"(q[0]), [q1] "r"(q[1])));
-}
+BITNET_ASM_TILE(6, 4, 24,
+                BITNET_W(0, 24) BITNET_W(1, 25) BITNET_W(2, 26) BITNET_W(3, 27)
+                BITNET_W(4, 28) BITNET_W(5, 29)
+                BITNET_Q(0) BITNET_DP(24, 0) BITNET_DP(25, 1) BITNET_DP(26, 2) BITNET_DP(27, 3) BITNET_DP(28, 4) BITNET_DP(29, 5)
+                BITNET_Q(1) BITNET_DP(24, 6) BITNET_DP(25, 7) BITNET_DP(26, 8) BITNET_DP(27, 9) BITNET_DP(28, 10) BITNET_DP(29, 11)
+                BITNET_Q(2) BITNET_DP(24, 12) BITNET_DP(25, 13) BITNET_DP(26, 14) BITNET_DP(27, 15) BITNET_DP(28, 16) BITNET_DP(29, 17)
+                BITNET_Q(3) BITNET_DP(24, 18) BITNET_DP(25, 19) BITNET_DP(26, 20) BITNET_DP(27, 21) BITNET_DP(28, 22) BITNET_DP(29, 23),
+                [w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]),
+                [w4] "r"(w[4]), [w5] "r"(w[5]), [q0] "r"(q[0]), [q1] "r"(q[1]),
+                [q2] "r"(q[2]), [q3] "r"(q[3]))
 
-template <>
-void asm_tile<8, 1>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {
-    int64_t o;
-    const int64_t end = n * 16;
-    __asm__ volatile(
-        BITNET_MASK
-        BITNET_Z(0) BITNET_Z(1) BITNET_Z(2) BITNET_Z(3) BITNET_Z(4) BITNET_Z(5) BITNET_Z(6) BITNET_Z(7)
-        "1:\n\t"
-        BITNET_W(0, 8) BITNET_W(1, 9) BITNET_W(2, 10) BITNET_W(3, 11)
-        BITNET_W(4, 12) BITNET_W(5, 13) BITNET_W(6, 14) BITNET_W(7, 15)
-        BITNET_Q(0) BITNET_DP(8, 0) BITNET_DP(9, 1) BITNET_DP(10, 2) BITNET_DP(11, 3) BITNET_DP(12, 4) BITNET_DP(13, 5) BITNET_DP(14, 6) BITNET_DP(15, 7)
-        BITNET_LOOP_END
-        BITNET_S(0) BITNET_S(1) BITNET_S(2) BITNET_S(3) BITNET_S(4) BITNET_S(5) BITNET_S(6) BITNET_S(7)
-        BITNET_ASM_OPERANDS([w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]), [w4] "r"(w[4]), [w5] "r"(w[5]), [w6] "r"(w[6]), [w7] "r"(w[7]), [q0] "r"(q[0])));
-}
+BITNET_ASM_TILE(8, 2, 16,
+                BITNET_W(0, 16) BITNET_W(1, 17) BITNET_W(2, 18) BITNET_W(3, 19)
+                BITNET_W(4, 20) BITNET_W(5, 21) BITNET_W(6, 22) BITNET_W(7, 23)
+                BITNET_Q(0) BITNET_DP(16, 0) BITNET_DP(17, 1) BITNET_DP(18, 2) BITNET_DP(19, 3) BITNET_DP(20, 4) BITNET_DP(21, 5) BITNET_DP(22, 6) BITNET_DP(23, 7)
+                BITNET_Q(1) BITNET_DP(16, 8) BITNET_DP(17, 9) BITNET_DP(18, 10) BITNET_DP(19, 11) BITNET_DP(20, 12) BITNET_DP(21, 13) BITNET_DP(22, 14) BITNET_DP(23, 15),
+                [w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]),
+                [w4] "r"(w[4]), [w5] "r"(w[5]), [w6] "r"(w[6]), [w7] "r"(w[7]),
+                [q0] "r"(q[0]), [q1] "r"(q[1]))
 
-template <>
-void asm_tile<1, 8>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {
-    int64_t o;
-    const int64_t end = n * 16;
-    __asm__ volatile(
-        BITNET_MASK
-        BITNET_Z(0) BITNET_Z(1) BITNET_Z(2) BITNET_Z(3) BITNET_Z(4) BITNET_Z(5) BITNET_Z(6) BITNET_Z(7)
-        "1:\n\t"
-        BITNET_W(0, 8)
-        BITNET_Q(0) BITNET_DP(8, 0)
-        BITNET_Q(1) BITNET_DP(8, 1)
-        BITNET_Q(2) BITNET_DP(8, 2)
-        BITNET_Q(3) BITNET_DP(8, 3)
-        BITNET_Q(4) BITNET_DP(8, 4)
-        BITNET_Q(5) BITNET_DP(8, 5)
-        BITNET_Q(6) BITNET_DP(8, 6)
-        BITNET_Q(7) BITNET_DP(8, 7)
-        BITNET_LOOP_END
-        BITNET_S(0) BITNET_S(1) BITNET_S(2) BITNET_S(3) BITNET_S(4) BITNET_S(5) BITNET_S(6) BITNET_S(7)
-        BITNET_ASM_OPERANDS([w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]), [q2] "r"(q[2]), [q3] "r"(q[3]), [q4] "r"(q[4]), [q5] "r"(q[5]), [q6] "r"(q[6]), [q7] "r"(q[7])));
-}
+BITNET_ASM_TILE(8, 1, 8,
+                BITNET_W(0, 8) BITNET_W(1, 9) BITNET_W(2, 10) BITNET_W(3, 11)
+                BITNET_W(4, 12) BITNET_W(5, 13) BITNET_W(6, 14) BITNET_W(7, 15)
+                BITNET_Q(0) BITNET_DP(8, 0) BITNET_DP(9, 1) BITNET_DP(10, 2) BITNET_DP(11, 3) BITNET_DP(12, 4) BITNET_DP(13, 5) BITNET_DP(14, 6) BITNET_DP(15, 7),
+                [w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]),
+                [w4] "r"(w[4]), [w5] "r"(w[5]), [w6] "r"(w[6]), [w7] "r"(w[7]),
+                [q0] "r"(q[0]))
 
-template <>
-void asm_tile<1, 4>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {
-    int64_t o;
-    const int64_t end = n * 16;
-    __asm__ volatile(
-        BITNET_MASK
-        BITNET_Z(0) BITNET_Z(1) BITNET_Z(2) BITNET_Z(3)
-        "1:\n\t"
-        BITNET_W(0, 4)
-        BITNET_Q(0) BITNET_DP(4, 0)
-        BITNET_Q(1) BITNET_DP(4, 1)
-        BITNET_Q(2) BITNET_DP(4, 2)
-        BITNET_Q(3) BITNET_DP(4, 3)
-        BITNET_LOOP_END
-        BITNET_S(0) BITNET_S(1) BITNET_S(2) BITNET_S(3)
-        BITNET_ASM_OPERANDS([w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]), [q2] "r"(q[2]), [q3] "r"(q[3])));
-}
+BITNET_ASM_TILE(1, 8, 8,
+                BITNET_W(0, 8)
+                BITNET_Q(0) BITNET_DP(8, 0)
+                BITNET_Q(1) BITNET_DP(8, 1)
+                BITNET_Q(2) BITNET_DP(8, 2)
+                BITNET_Q(3) BITNET_DP(8, 3)
+                BITNET_Q(4) BITNET_DP(8, 4)
+                BITNET_Q(5) BITNET_DP(8, 5)
+                BITNET_Q(6) BITNET_DP(8, 6)
+                BITNET_Q(7) BITNET_DP(8, 7),
+                [w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]), [q2] "r"(q[2]),
+                [q3] "r"(q[3]), [q4] "r"(q[4]), [q5] "r"(q[5]), [q6] "r"(q[6]),
+                [q7] "r"(q[7]))
 
-template <>
-void asm_tile<1, 2>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {
-    int64_t o;
-    const int64_t end = n * 16;
-    __asm__ volatile(
-        BITNET_MASK
-        BITNET_Z(0) BITNET_Z(1)
-        "1:\n\t"
-        BITNET_W(0, 2)
-        BITNET_Q(0) BITNET_DP(2, 0)
-        BITNET_Q(1) BITNET_DP(2, 1)
-        BITNET_LOOP_END
-        BITNET_S(0) BITNET_S(1)
-        BITNET_ASM_OPERANDS([w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1])));
-}
+BITNET_ASM_TILE(1, 4, 4,
+                BITNET_W(0, 4)
+                BITNET_Q(0) BITNET_DP(4, 0)
+                BITNET_Q(1) BITNET_DP(4, 1)
+                BITNET_Q(2) BITNET_DP(4, 2)
+                BITNET_Q(3) BITNET_DP(4, 3),
+                [w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]), [q2] "r"(q[2]),
+                [q3] "r"(q[3]))
 
-template <>
-void asm_tile<1, 1>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {
-    int64_t o;
-    const int64_t end = n * 16;
-    __asm__ volatile(
-        BITNET_MASK
-        BITNET_Z(0)
-        "1:\n\t"
-        BITNET_W(0, 1)
-        BITNET_Q(0) BITNET_DP(1, 0)
-        BITNET_LOOP_END
-        BITNET_S(0)
-        BITNET_ASM_OPERANDS([w0] "r"(w[0]), [q0] "r"(q[0])));
-}
+BITNET_ASM_TILE(1, 2, 2,
+                BITNET_W(0, 2)
+                BITNET_Q(0) BITNET_DP(2, 0)
+                BITNET_Q(1) BITNET_DP(2, 1),
+                [w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]))
+
+BITNET_ASM_TILE(1, 1, 1,
+                BITNET_W(0, 1)
+                BITNET_Q(0) BITNET_DP(1, 0),
+                [w0] "r"(w[0]), [q0] "r"(q[0]))
 
 #undef BITNET_W
 #undef BITNET_Q
@@ -263,6 +213,19 @@ void asm_tile<1, 1>(const uint8_t* const* w, const int8_t* const* q, int64_t n, 
 #undef BITNET_MASK
 #undef BITNET_CLOBBERS
 #undef BITNET_ASM_OPERANDS
+#undef BITNET_ASM_TILE
+#undef BITNET_ZERO_1
+#undef BITNET_ZERO_2
+#undef BITNET_ZERO_4
+#undef BITNET_ZERO_8
+#undef BITNET_ZERO_16
+#undef BITNET_ZERO_24
+#undef BITNET_STORE_1
+#undef BITNET_STORE_2
+#undef BITNET_STORE_4
+#undef BITNET_STORE_8
+#undef BITNET_STORE_16
+#undef BITNET_STORE_24
 
 // The sums of 8 accumulators of asm_tile (scaled lanes, see tile_masked), reduced together:
 // 4-lane sums within each 128-bit lane by two rounds of unpack and add (every partial sum stays
