@@ -27,6 +27,8 @@ namespace {
 // <= 4 * 192 * 128 per group, so whole rows of G <= kMaskedMaxGroups groups keep int32 (longer
 // rows go through the batch path, whose k-chunks are far shorter).
 constexpr int64_t kMaskedMaxGroups = 16384;
+// The most groups one asm_tile run may cover (the bound at sum8).
+constexpr int64_t kMaxTileGroups = 4096;
 
 template <int RB, int TB>
 void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, int32_t* acc, int64_t ldacc) {
@@ -73,15 +75,33 @@ void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
 // rows. Accumulator of (row r, activation row t): zmm(t * RB + r); row r's codes: zmm(RB * TB
 // + r); activations: zmm30; mask: zmm31. The accumulators are stored to s (RB * TB vectors,
 // 64-byte aligned) in the same order. Weight row r at w[r] + 16 g, activation row t at
-// q[t] + 64 g: one index register o = 16 g for both (scale 4 for the activations).
-#define BITNET_W(r, reg) \
-    "vbroadcasti32x4 (%[w" #r "],%[o]), %%zmm" #reg "\n\tvpandd %%zmm31, %%zmm" #reg ", %%zmm" #reg "\n\t"
-#define BITNET_Q(t) "vmovdqu64 (%[q" #t "],%[o],4), %%zmm30\n\t"
+// q[t] + 64 g: one index register o = 16 g for both (scale 4 for the activations); D below is
+// a group's place (0-3) in the loop's unrolled steps of 4.
+//
+// Prefetching: each step of 4 groups prefetches RB cache lines at p, p + 64, ..., and moves p on
+// by RB * 64 bytes: over a tile's run, p walks once, front to back, over as many bytes as the
+// tile reads (a whole-row tile: exactly the RB rows two tiles on, which are contiguous). Zen 4's
+// hardware prefetch did not keep up with a tile's RB interleaved row streams, but runs ahead on
+// one ascending stream. One thread, 2B-4T layers from memory: batch 2, 65 ms with a prefetch
+// loop in C before each tile, 53-56 ms with one prefetch per row and line of the next tile in
+// this loop, 34 ms with the walk; batch 8, 104, 82 and 82 ms. (One tile ahead, a whole-row walk
+// reaches a 3-row tile's last row too late: 87 ms at batch 8.)
+#define BITNET_W(r, reg, D) \
+    "vbroadcasti32x4 " #D "*16(%[w" #r "],%[o]), %%zmm" #reg "\n\tvpandd %%zmm31, %%zmm" #reg ", %%zmm" #reg "\n\t"
+#define BITNET_Q(t, D) "vmovdqu64 " #D "*64(%[q" #t "],%[o],4), %%zmm30\n\t"
 #define BITNET_DP(w, acc) "vpdpbusd %%zmm30, %%zmm" #w ", %%zmm" #acc "\n\t"
+#define BITNET_PF(i) "prefetcht0 " #i "*64(%[p])\n\t"
 #define BITNET_Z(acc) "vpxord %%zmm" #acc ", %%zmm" #acc ", %%zmm" #acc "\n\t"
 #define BITNET_S(acc) "vmovdqa64 %%zmm" #acc ", " #acc "*64(%[o])\n\t"
-#define BITNET_LOOP_END "add $16, %[o]\n\tcmp %[end], %[o]\n\tjne 1b\n\tmov %[s], %[o]\n\t"
 #define BITNET_MASK "vmovdqu64 %[mask], %%zmm31\n\txor %k[o], %k[o]\n\t"
+// Steps of 4 groups while at least 4 are left (p = o + pd), then single groups, then o = s.
+#define BITNET_LOOP(BODY, PF)                                                                     \
+    "cmp %[end4], %[o]\n\tje 2f\n\t"                                                              \
+    "1:\n\t" PF BODY(0) BODY(1) BODY(2) BODY(3)                                                   \
+    "add %[ps], %[p]\n\tadd $64, %[o]\n\tcmp %[end4], %[o]\n\tjne 1b\n\t"                          \
+    "2:\n\tcmp %[end], %[o]\n\tje 4f\n\t"                                                         \
+    "3:\n\t" BODY(0) "add $16, %[o]\n\tcmp %[end], %[o]\n\tjne 3b\n\t"                           \
+    "4:\n\tmov %[s], %[o]\n\t"
 #define BITNET_CLOBBERS "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", \
     "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", \
     "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
@@ -91,9 +111,12 @@ alignas(64) const uint32_t kLaneMask[16] = {0x03030303u, 0x03030303u, 0x03030303
                                             0x30303030u, 0x30303030u, 0x30303030u, 0x30303030u,
                                             0xC0C0C0C0u, 0xC0C0C0C0u, 0xC0C0C0C0u, 0xC0C0C0C0u};
 
+// p is early-clobbered: it is written inside the loop, and GCC may otherwise give it the register
+// of an input that holds the same value at entry (w[0], when there is nothing to prefetch).
 #define BITNET_ASM_OPERANDS(...)                                                                          \
-    : [o] "=&r"(o)                                                                                         \
-    : __VA_ARGS__, [end] "m"(end), [s] "m"(s), [mask] "m"(*reinterpret_cast<const __m512i*>(kLaneMask)) \
+    : [o] "=&r"(o), [p] "+&r"(p)                                                                           \
+    : __VA_ARGS__, [end] "m"(end), [end4] "m"(end4), [s] "m"(s), [ps] "i"(kStep),                     \
+      [mask] "m"(*reinterpret_cast<const __m512i*>(kLaneMask))                                          \
     : BITNET_CLOBBERS
 
 // The accumulators' zeroing and stores, for the counts the shapes below use.
@@ -115,101 +138,106 @@ alignas(64) const uint32_t kLaneMask[16] = {0x03030303u, 0x03030303u, 0x03030303
     BITNET_STORE_16 BITNET_S(16) BITNET_S(17) BITNET_S(18) BITNET_S(19) BITNET_S(20) BITNET_S(21) BITNET_S(22) BITNET_S(23)
 
 template <int RB, int TB>
-void asm_tile(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s);
+void asm_tile(const uint8_t* const* w, const int8_t* const* q, int64_t n, int64_t p, __m512i* s);
 
-// asm_tile<RB, TB>: NACC = RB * TB accumulators, LOOP the body for one group, then the row and
-// activation pointer operands.
-#define BITNET_ASM_TILE(RB, TB, NACC, LOOP, ...)                                                     \
-    template <>                                                                                     \
-    void asm_tile<RB, TB>(const uint8_t* const* w, const int8_t* const* q, int64_t n, __m512i* s) {  \
-        int64_t o;                                                                                  \
-        const int64_t end = n * 16;                                                                 \
-        __asm__ volatile(BITNET_MASK BITNET_ZERO_##NACC "1:\n\t" LOOP BITNET_LOOP_END BITNET_STORE_##NACC \
-                         BITNET_ASM_OPERANDS(__VA_ARGS__));                                         \
+// asm_tile<RB, TB>: NACC = RB * TB accumulators, BODY(D) the code for one group, PF the rows'
+// prefetches, then the row and activation pointer operands.
+#define BITNET_ASM_TILE(RB, TB, NACC, BODY, PF, ...)                                                        \
+    template <>                                                                                             \
+    void asm_tile<RB, TB>(const uint8_t* const* w, const int8_t* const* q, int64_t n, int64_t p, __m512i* s) {  \
+        int64_t o;                                                                                          \
+        const int64_t end = n * 16, end4 = n / 4 * 64;                                                      \
+        constexpr int64_t kStep = RB * 64;                                                                  \
+        __asm__ volatile(BITNET_MASK BITNET_ZERO_##NACC BITNET_LOOP(BODY, PF) BITNET_STORE_##NACC           \
+                         BITNET_ASM_OPERANDS(__VA_ARGS__));                                                 \
     }
 
-BITNET_ASM_TILE(3, 8, 24,
-                BITNET_W(0, 24) BITNET_W(1, 25) BITNET_W(2, 26)
-                BITNET_Q(0) BITNET_DP(24, 0) BITNET_DP(25, 1) BITNET_DP(26, 2)
-                BITNET_Q(1) BITNET_DP(24, 3) BITNET_DP(25, 4) BITNET_DP(26, 5)
-                BITNET_Q(2) BITNET_DP(24, 6) BITNET_DP(25, 7) BITNET_DP(26, 8)
-                BITNET_Q(3) BITNET_DP(24, 9) BITNET_DP(25, 10) BITNET_DP(26, 11)
-                BITNET_Q(4) BITNET_DP(24, 12) BITNET_DP(25, 13) BITNET_DP(26, 14)
-                BITNET_Q(5) BITNET_DP(24, 15) BITNET_DP(25, 16) BITNET_DP(26, 17)
-                BITNET_Q(6) BITNET_DP(24, 18) BITNET_DP(25, 19) BITNET_DP(26, 20)
-                BITNET_Q(7) BITNET_DP(24, 21) BITNET_DP(25, 22) BITNET_DP(26, 23),
+#define BITNET_BODY_3x8(D)                                                                               \
+    BITNET_W(0, 24, D) BITNET_W(1, 25, D) BITNET_W(2, 26, D)                                             \
+    BITNET_Q(0, D) BITNET_DP(24, 0) BITNET_DP(25, 1) BITNET_DP(26, 2)                                    \
+    BITNET_Q(1, D) BITNET_DP(24, 3) BITNET_DP(25, 4) BITNET_DP(26, 5)                                    \
+    BITNET_Q(2, D) BITNET_DP(24, 6) BITNET_DP(25, 7) BITNET_DP(26, 8)                                    \
+    BITNET_Q(3, D) BITNET_DP(24, 9) BITNET_DP(25, 10) BITNET_DP(26, 11)                                  \
+    BITNET_Q(4, D) BITNET_DP(24, 12) BITNET_DP(25, 13) BITNET_DP(26, 14)                                 \
+    BITNET_Q(5, D) BITNET_DP(24, 15) BITNET_DP(25, 16) BITNET_DP(26, 17)                                 \
+    BITNET_Q(6, D) BITNET_DP(24, 18) BITNET_DP(25, 19) BITNET_DP(26, 20)                                 \
+    BITNET_Q(7, D) BITNET_DP(24, 21) BITNET_DP(25, 22) BITNET_DP(26, 23)
+BITNET_ASM_TILE(3, 8, 24, BITNET_BODY_3x8, BITNET_PF(0) BITNET_PF(1) BITNET_PF(2),
                 [w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [q0] "r"(q[0]),
                 [q1] "r"(q[1]), [q2] "r"(q[2]), [q3] "r"(q[3]), [q4] "r"(q[4]),
                 [q5] "r"(q[5]), [q6] "r"(q[6]), [q7] "r"(q[7]))
 
-BITNET_ASM_TILE(6, 4, 24,
-                BITNET_W(0, 24) BITNET_W(1, 25) BITNET_W(2, 26) BITNET_W(3, 27)
-                BITNET_W(4, 28) BITNET_W(5, 29)
-                BITNET_Q(0) BITNET_DP(24, 0) BITNET_DP(25, 1) BITNET_DP(26, 2) BITNET_DP(27, 3) BITNET_DP(28, 4) BITNET_DP(29, 5)
-                BITNET_Q(1) BITNET_DP(24, 6) BITNET_DP(25, 7) BITNET_DP(26, 8) BITNET_DP(27, 9) BITNET_DP(28, 10) BITNET_DP(29, 11)
-                BITNET_Q(2) BITNET_DP(24, 12) BITNET_DP(25, 13) BITNET_DP(26, 14) BITNET_DP(27, 15) BITNET_DP(28, 16) BITNET_DP(29, 17)
-                BITNET_Q(3) BITNET_DP(24, 18) BITNET_DP(25, 19) BITNET_DP(26, 20) BITNET_DP(27, 21) BITNET_DP(28, 22) BITNET_DP(29, 23),
+#define BITNET_BODY_6x4(D)                                                                                \
+    BITNET_W(0, 24, D) BITNET_W(1, 25, D) BITNET_W(2, 26, D) BITNET_W(3, 27, D)                           \
+    BITNET_W(4, 28, D) BITNET_W(5, 29, D)                                                                 \
+    BITNET_Q(0, D) BITNET_DP(24, 0) BITNET_DP(25, 1) BITNET_DP(26, 2) BITNET_DP(27, 3) BITNET_DP(28, 4) BITNET_DP(29, 5) \
+    BITNET_Q(1, D) BITNET_DP(24, 6) BITNET_DP(25, 7) BITNET_DP(26, 8) BITNET_DP(27, 9) BITNET_DP(28, 10) BITNET_DP(29, 11) \
+    BITNET_Q(2, D) BITNET_DP(24, 12) BITNET_DP(25, 13) BITNET_DP(26, 14) BITNET_DP(27, 15) BITNET_DP(28, 16) BITNET_DP(29, 17) \
+    BITNET_Q(3, D) BITNET_DP(24, 18) BITNET_DP(25, 19) BITNET_DP(26, 20) BITNET_DP(27, 21) BITNET_DP(28, 22) BITNET_DP(29, 23)
+BITNET_ASM_TILE(6, 4, 24, BITNET_BODY_6x4,
+                BITNET_PF(0) BITNET_PF(1) BITNET_PF(2) BITNET_PF(3) BITNET_PF(4) BITNET_PF(5),
                 [w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]),
                 [w4] "r"(w[4]), [w5] "r"(w[5]), [q0] "r"(q[0]), [q1] "r"(q[1]),
                 [q2] "r"(q[2]), [q3] "r"(q[3]))
 
-BITNET_ASM_TILE(8, 2, 16,
-                BITNET_W(0, 16) BITNET_W(1, 17) BITNET_W(2, 18) BITNET_W(3, 19)
-                BITNET_W(4, 20) BITNET_W(5, 21) BITNET_W(6, 22) BITNET_W(7, 23)
-                BITNET_Q(0) BITNET_DP(16, 0) BITNET_DP(17, 1) BITNET_DP(18, 2) BITNET_DP(19, 3) BITNET_DP(20, 4) BITNET_DP(21, 5) BITNET_DP(22, 6) BITNET_DP(23, 7)
-                BITNET_Q(1) BITNET_DP(16, 8) BITNET_DP(17, 9) BITNET_DP(18, 10) BITNET_DP(19, 11) BITNET_DP(20, 12) BITNET_DP(21, 13) BITNET_DP(22, 14) BITNET_DP(23, 15),
+#define BITNET_BODY_8x2(D)                                                                                \
+    BITNET_W(0, 16, D) BITNET_W(1, 17, D) BITNET_W(2, 18, D) BITNET_W(3, 19, D)                           \
+    BITNET_W(4, 20, D) BITNET_W(5, 21, D) BITNET_W(6, 22, D) BITNET_W(7, 23, D)                           \
+    BITNET_Q(0, D) BITNET_DP(16, 0) BITNET_DP(17, 1) BITNET_DP(18, 2) BITNET_DP(19, 3) BITNET_DP(20, 4) BITNET_DP(21, 5) BITNET_DP(22, 6) BITNET_DP(23, 7) \
+    BITNET_Q(1, D) BITNET_DP(16, 8) BITNET_DP(17, 9) BITNET_DP(18, 10) BITNET_DP(19, 11) BITNET_DP(20, 12) BITNET_DP(21, 13) BITNET_DP(22, 14) BITNET_DP(23, 15)
+#define BITNET_PF_8 BITNET_PF(0) BITNET_PF(1) BITNET_PF(2) BITNET_PF(3) BITNET_PF(4) BITNET_PF(5) BITNET_PF(6) BITNET_PF(7)
+BITNET_ASM_TILE(8, 2, 16, BITNET_BODY_8x2, BITNET_PF_8,
                 [w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]),
                 [w4] "r"(w[4]), [w5] "r"(w[5]), [w6] "r"(w[6]), [w7] "r"(w[7]),
                 [q0] "r"(q[0]), [q1] "r"(q[1]))
 
-BITNET_ASM_TILE(8, 1, 8,
-                BITNET_W(0, 8) BITNET_W(1, 9) BITNET_W(2, 10) BITNET_W(3, 11)
-                BITNET_W(4, 12) BITNET_W(5, 13) BITNET_W(6, 14) BITNET_W(7, 15)
-                BITNET_Q(0) BITNET_DP(8, 0) BITNET_DP(9, 1) BITNET_DP(10, 2) BITNET_DP(11, 3) BITNET_DP(12, 4) BITNET_DP(13, 5) BITNET_DP(14, 6) BITNET_DP(15, 7),
+#define BITNET_BODY_8x1(D)                                                                                \
+    BITNET_W(0, 8, D) BITNET_W(1, 9, D) BITNET_W(2, 10, D) BITNET_W(3, 11, D)                             \
+    BITNET_W(4, 12, D) BITNET_W(5, 13, D) BITNET_W(6, 14, D) BITNET_W(7, 15, D)                           \
+    BITNET_Q(0, D) BITNET_DP(8, 0) BITNET_DP(9, 1) BITNET_DP(10, 2) BITNET_DP(11, 3) BITNET_DP(12, 4) BITNET_DP(13, 5) BITNET_DP(14, 6) BITNET_DP(15, 7)
+BITNET_ASM_TILE(8, 1, 8, BITNET_BODY_8x1, BITNET_PF_8,
                 [w0] "r"(w[0]), [w1] "r"(w[1]), [w2] "r"(w[2]), [w3] "r"(w[3]),
                 [w4] "r"(w[4]), [w5] "r"(w[5]), [w6] "r"(w[6]), [w7] "r"(w[7]),
                 [q0] "r"(q[0]))
 
-BITNET_ASM_TILE(1, 8, 8,
-                BITNET_W(0, 8)
-                BITNET_Q(0) BITNET_DP(8, 0)
-                BITNET_Q(1) BITNET_DP(8, 1)
-                BITNET_Q(2) BITNET_DP(8, 2)
-                BITNET_Q(3) BITNET_DP(8, 3)
-                BITNET_Q(4) BITNET_DP(8, 4)
-                BITNET_Q(5) BITNET_DP(8, 5)
-                BITNET_Q(6) BITNET_DP(8, 6)
-                BITNET_Q(7) BITNET_DP(8, 7),
+#define BITNET_BODY_1x8(D)                                                                                \
+    BITNET_W(0, 8, D)                                                                                     \
+    BITNET_Q(0, D) BITNET_DP(8, 0) BITNET_Q(1, D) BITNET_DP(8, 1) BITNET_Q(2, D) BITNET_DP(8, 2)          \
+    BITNET_Q(3, D) BITNET_DP(8, 3) BITNET_Q(4, D) BITNET_DP(8, 4) BITNET_Q(5, D) BITNET_DP(8, 5)          \
+    BITNET_Q(6, D) BITNET_DP(8, 6) BITNET_Q(7, D) BITNET_DP(8, 7)
+BITNET_ASM_TILE(1, 8, 8, BITNET_BODY_1x8, BITNET_PF(0),
                 [w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]), [q2] "r"(q[2]),
                 [q3] "r"(q[3]), [q4] "r"(q[4]), [q5] "r"(q[5]), [q6] "r"(q[6]),
                 [q7] "r"(q[7]))
 
-BITNET_ASM_TILE(1, 4, 4,
-                BITNET_W(0, 4)
-                BITNET_Q(0) BITNET_DP(4, 0)
-                BITNET_Q(1) BITNET_DP(4, 1)
-                BITNET_Q(2) BITNET_DP(4, 2)
-                BITNET_Q(3) BITNET_DP(4, 3),
+#define BITNET_BODY_1x4(D) \
+    BITNET_W(0, 4, D) BITNET_Q(0, D) BITNET_DP(4, 0) BITNET_Q(1, D) BITNET_DP(4, 1) BITNET_Q(2, D) BITNET_DP(4, 2) BITNET_Q(3, D) BITNET_DP(4, 3)
+BITNET_ASM_TILE(1, 4, 4, BITNET_BODY_1x4, BITNET_PF(0),
                 [w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]), [q2] "r"(q[2]),
                 [q3] "r"(q[3]))
 
-BITNET_ASM_TILE(1, 2, 2,
-                BITNET_W(0, 2)
-                BITNET_Q(0) BITNET_DP(2, 0)
-                BITNET_Q(1) BITNET_DP(2, 1),
-                [w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]))
+#define BITNET_BODY_1x2(D) BITNET_W(0, 2, D) BITNET_Q(0, D) BITNET_DP(2, 0) BITNET_Q(1, D) BITNET_DP(2, 1)
+BITNET_ASM_TILE(1, 2, 2, BITNET_BODY_1x2, BITNET_PF(0), [w0] "r"(w[0]), [q0] "r"(q[0]), [q1] "r"(q[1]))
 
-BITNET_ASM_TILE(1, 1, 1,
-                BITNET_W(0, 1)
-                BITNET_Q(0) BITNET_DP(1, 0),
-                [w0] "r"(w[0]), [q0] "r"(q[0]))
+#define BITNET_BODY_1x1(D) BITNET_W(0, 1, D) BITNET_Q(0, D) BITNET_DP(1, 0)
+BITNET_ASM_TILE(1, 1, 1, BITNET_BODY_1x1, BITNET_PF(0), [w0] "r"(w[0]), [q0] "r"(q[0]))
 
 #undef BITNET_W
 #undef BITNET_Q
 #undef BITNET_DP
+#undef BITNET_PF
+#undef BITNET_PF_8
 #undef BITNET_Z
 #undef BITNET_S
-#undef BITNET_LOOP_END
+#undef BITNET_LOOP
+#undef BITNET_BODY_3x8
+#undef BITNET_BODY_6x4
+#undef BITNET_BODY_8x2
+#undef BITNET_BODY_8x1
+#undef BITNET_BODY_1x8
+#undef BITNET_BODY_1x4
+#undef BITNET_BODY_1x2
+#undef BITNET_BODY_1x1
 #undef BITNET_MASK
 #undef BITNET_CLOBBERS
 #undef BITNET_ASM_OPERANDS
@@ -232,8 +260,8 @@ BITNET_ASM_TILE(1, 1, 1,
 // within one lane, so it is still a multiple of that lane's scale), then the shift back, then
 // the four 128-bit lanes added. 26 vector instructions for 8 sums against about 80 one at a
 // time, which cost ~15% of a k-chunk of 40 groups on the vector pipes the tile's VPDPBUSD
-// need. Bound: a 128-bit lane's 4-lane sum over a k-chunk (at most kMaxChunk / 64 = 40 groups)
-// is at most 4 * 40 * 4 * 192 * 128 < 2^31.
+// need. Bound: a 128-bit lane's 4-lane sum over a k-chunk of G groups is at most
+// 4 * G * 4 * 192 * 128 = 393216 G < 2^31 for G <= kMaxTileGroups (4096).
 inline __m256i sum8(const __m512i* a, __m512i unscale) {
     const auto pair = [](__m512i x, __m512i y) {   // per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3]
         return _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y));
@@ -252,20 +280,17 @@ inline __m256i sum8(const __m512i* a, __m512i unscale) {
 
 // Batches: RB weight rows x TB activation rows over groups [g0, g1) of a k-chunk through
 // asm_tile; the pair (row r, activation row t) adds its sum to acc[t * ldacc + r] (first
-// chunk: acc = sum - qsum[t]). pf (may be null): the same groups of the next RB rows, prefetched
-// before the tile runs.
+// chunk: acc = sum - qsum[t]). pf (may be null): the start of the rows to prefetch (two tiles
+// on; see asm_tile), walked from byte g0 * 16 * RB.
 template <int RB, int TB>
 void chunk_tile(const uint8_t* w0, int64_t row_bytes, const int8_t* q0, int64_t ldq, int64_t g0, int64_t g1,
                 const int32_t* qsum, bool first, int32_t* acc, int64_t ldacc, const uint8_t* pf) {
-    if (pf)
-        for (int r = 0; r < RB; ++r)
-            for (int64_t g = g0; g < g1; g += 4) _mm_prefetch(reinterpret_cast<const char*>(pf + r * row_bytes + g * 16), _MM_HINT_T0);
     const uint8_t* w[RB];
     const int8_t* q[TB];
     for (int r = 0; r < RB; ++r) w[r] = w0 + r * row_bytes + g0 * 16;
     for (int t = 0; t < TB; ++t) q[t] = q0 + t * ldq + g0 * 64;
     alignas(64) __m512i s[RB * TB];
-    asm_tile<RB, TB>(w, q, g1 - g0, s);
+    asm_tile<RB, TB>(w, q, g1 - g0, reinterpret_cast<int64_t>(pf ? pf + g0 * 16 * RB : w[0]), s);
     const __m512i unscale = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
     alignas(32) int32_t v[RB * TB];
     int i = 0;
@@ -279,13 +304,14 @@ void chunk_tile(const uint8_t* w0, int64_t row_bytes, const int8_t* q0, int64_t 
 }
 
 // Every row of a block against TB activation rows: tiles of RB rows, then single rows.
-// pf_end (null: no prefetching): the end of the rows this call may prefetch.
+// pf_end (null: no prefetching): the end of the rows this call may prefetch. Each tile
+// prefetches the tile two on (in a whole-row chunk, the next block's first tiles at the end).
 template <int RB, int TB>
 void chunk_rows(const uint8_t* w, int64_t row_bytes, int64_t rows, const int8_t* q, int64_t ldq, int64_t g0, int64_t g1,
                 const int32_t* qsum, bool first, int32_t* acc, int64_t ldacc, const uint8_t* pf_end) {
     int64_t r = 0;
     for (; r + RB <= rows; r += RB) {
-        const uint8_t* next = w + (r + RB) * row_bytes;
+        const uint8_t* next = w + (r + 2 * RB) * row_bytes;
         chunk_tile<RB, TB>(w + r * row_bytes, row_bytes, q, ldq, g0, g1, qsum, first, acc + r, ldacc,
                            pf_end && next + RB * row_bytes <= pf_end ? next : nullptr);
     }
@@ -294,13 +320,18 @@ void chunk_rows(const uint8_t* w, int64_t row_bytes, int64_t rows, const int8_t*
 }
 
 // GEMV: tiles of 8 rows from the slot (memory-bound: one VPDPBUSD per 64 bytes of
-// activations). Batches: blocks of kRowBlock rows, in k-chunks of equal length (at most
-// kMaxChunk elements), against tiles of 8 activation rows, then one of 4, 2 and 1 for the rest
-// (the shapes of asm_tile). A block's chunk of weights (48 rows x up to 640 bytes) and a tile's
-// chunk of activations (8 x up to 2.5 KiB) stay in L1 while every tile of rows meets them; the
-// first activation tile prefetches each next tile's weights. One thread, codes in cache, 6912 x
-// 2560 (Zen 5): batch 8 115 -> 395 multiply-adds per ns, batch 128 163 -> 404, against the
-// buffered kernel this replaced (codes expanded into an L1 buffer; intrinsics).
+// activations). Batches: blocks of kRowBlock rows, against tiles of 8 activation rows, then one
+// of 4, 2 and 1 for the rest (the shapes of asm_tile). Up to 8 activation rows (batched decode)
+// meet each weight once, so tiles run over whole rows (up to kMaxTileGroups groups): the weights
+// stream past once, in the order the prefetch walks. More rows (prefill) go in k-chunks of equal
+// length (at most kMaxChunk elements), so that a block's chunk of weights (48 rows x up to 640
+// bytes) and a tile's chunk of activations (8 x up to 2.5 KiB) stay in L1 while every tile
+// meets them; the first activation tile prefetches the weights. One thread, codes in cache,
+// 6912 x 2560 (Zen 5): batch 8 115 -> 395 multiply-adds per ns, batch 128 163 -> 404, against
+// the buffered kernel this replaced (codes expanded into an L1 buffer; intrinsics). Whole rows
+// at batch 2-8 (Zen 4, two threads, 2B-4T layers from memory, against 2560-element chunks and
+// a prefetch loop in C): batch 2 33 -> 25 ms, batch 4 46 -> 25, batch 8 57 -> 42 (394
+// multiply-adds per ns, 84% of both cores' VPDPBUSD peak).
 void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
     if (a.B == 1 && s.row_bytes / 16 <= kMaskedMaxGroups) {
         int64_t j = j0;
@@ -315,7 +346,8 @@ void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t 
             for (int64_t j = j0; j < j1; ++j) acc[b * ldacc + j] = 0;
         return;
     }
-    const int64_t n_chunks = (groups * 64 + kMaxChunk - 1) / kMaxChunk;
+    const int64_t max_groups = a.B <= 8 ? kMaxTileGroups : kMaxChunk / 64;
+    const int64_t n_chunks = (groups + max_groups - 1) / max_groups;
     const int64_t chunk = (groups + n_chunks - 1) / n_chunks;   // groups per chunk
     const uint8_t* pf_end = s.packed.data() + j1 * s.row_bytes;
     for (int64_t jb = j0; jb < j1; jb += kRowBlock) {

@@ -278,6 +278,10 @@ int main(int argc, char** argv) {
             for (int64_t B : {1, 2, 6, 8, 13}) check_gemm(k, rng, 149, K, B, 0);
         // Very long rows take the kernels' fallback paths (e.g. AVX-512's masked GEMV is bounded).
         for (int64_t B : {1, 3, 9}) check_gemm(k, rng, 3, 16385 * 64 + 5, B, 1);
+        // AVX-512 batches of up to 8 run whole rows of up to 4096 groups per tile, then split:
+        // the largest sums at that length and one group more.
+        for (int64_t K : {4096 * 64, 4097 * 64})
+            for (int64_t B : {2, 8}) check_gemm(k, rng, 9, K, B, 3);
         for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 128, 2560, 2561})
             for (int64_t nx : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 14, 16, 17})
                 for (int64_t R : {1, 3, 9, 16, 33, 64, 69}) check_dots(k, rng, R, n, nx);   // AMX dot_i8: 16-row groups
