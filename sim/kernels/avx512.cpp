@@ -400,15 +400,18 @@ void dot_tile(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, int64_
         for (int w = 0; w < XB; ++w) acc[r][w] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        // The next RB rows (one block of memory) are prefetched front to back, RB cache lines
-        // every 32 elements, so they are done when this tile is (a prefetch never faults past
-        // the end): the GEMV (one vector) is memory-bound, and a batch's first pass over the
-        // rows needs them too. Prefetching the same columns of each next row instead (RB
+        // The RB rows two tiles on (one block of memory) are prefetched front to back, RB cache
+        // lines every 32 elements, so they are done when this tile is (a prefetch never faults
+        // past the end): the GEMV (one vector) is memory-bound, and a batch's first pass over
+        // the rows needs them too. Prefetching the same columns of each next row instead (RB
         // interleaved streams) reached 73-80% of the machine's read bandwidth (benchmarks/
         // bandwidth.py's loop) on the 2B-4T head, two threads, Zen 5; front to back 91-99%.
+        // Into L2 (T2), not L1: the L1's few outstanding misses capped the stream (Zen 4, two
+        // threads, paired runs: one tile ahead into L1, 42-46 ms for 8 vectors, 0.86-0.94 of
+        // read_sum for one; two tiles ahead into L2, 31 ms and 0.96-1.0).
         if (kPrefetch && (i & 31) == 0)
             for (int r = 0; r < RB; ++r)
-                _mm_prefetch(reinterpret_cast<const char*>(e + RB * ld + (i / 32 * RB + r) * 32), _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(e + 2 * RB * ld + (i / 32 * RB + r) * 32), _MM_HINT_T2);
         __m512 ev[RB];
         for (int r = 0; r < RB; ++r)
             ev[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + r * ld + i)));
@@ -546,12 +549,14 @@ void dot_i8_tile(const int8_t* e, int64_t ld, const int8_t* x, int64_t ldx, int6
         for (int w = 0; w < XB; ++w) acc[r][w] = _mm512_setzero_si512();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        // Prefetch the next RB rows front to back, RB cache lines per 64 columns (as dot_tile):
-        // one vector is memory-bound (2B-4T int8 head, two threads, Zen 5: 75-81% of the
-        // machine's read bandwidth with the same columns of each next row, 94-101% this way),
-        // and with 8 the hardware prefetcher alone fed 5.8 GB/s of rows from memory (9 with this).
+        // Prefetch the RB rows two tiles on front to back into L2, RB cache lines per 64 columns
+        // (as dot_tile): one vector is memory-bound (2B-4T int8 head, two threads, Zen 5: 75-81%
+        // of the machine's read bandwidth with the same columns of each next row, 94-101% this
+        // way), and with 8 the hardware prefetcher alone fed 5.8 GB/s of rows from memory (9 with
+        // this). Zen 4, paired runs: 8 vectors 15.4-16.1 -> 10.4-10.8 ms against the next tile
+        // into L1; 1-2 vectors 0.85-0.95 of read_sum either way.
         for (int r = 0; r < RB; ++r)
-            _mm_prefetch(reinterpret_cast<const char*>(e + RB * ld + (i / 64 * RB + r) * 64), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(e + 2 * RB * ld + (i / 64 * RB + r) * 64), _MM_HINT_T2);
         __m512i ev[RB];
         for (int r = 0; r < RB; ++r) ev[r] = _mm512_xor_si512(_mm512_loadu_si512(e + r * ld + i), bias);   // e + 128 as u8
         for (int w = 0; w < XB; ++w) {
