@@ -94,7 +94,8 @@ void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
 #define BITNET_Z(acc) "vpxord %%zmm" #acc ", %%zmm" #acc ", %%zmm" #acc "\n\t"
 #define BITNET_S(acc) "vmovdqa64 %%zmm" #acc ", " #acc "*64(%[o])\n\t"
 #define BITNET_MASK "vmovdqu64 %[mask], %%zmm31\n\txor %k[o], %k[o]\n\t"
-// Steps of 4 groups while at least 4 are left (p = o + pd), then single groups, then o = s.
+// Steps of 4 groups (each with PF, then p moves on) while at least 4 are left, then single
+// groups, then o = s for the stores.
 #define BITNET_LOOP(BODY, PF)                                                                     \
     "cmp %[end4], %[o]\n\tje 2f\n\t"                                                              \
     "1:\n\t" PF BODY(0) BODY(1) BODY(2) BODY(3)                                                   \
@@ -330,8 +331,8 @@ void chunk_rows(const uint8_t* w, int64_t row_bytes, int64_t rows, const int8_t*
 // 6912 x 2560 (Zen 5): batch 8 115 -> 395 multiply-adds per ns, batch 128 163 -> 404, against
 // the buffered kernel this replaced (codes expanded into an L1 buffer; intrinsics). Whole rows
 // at batch 2-8 (Zen 4, two threads, 2B-4T layers from memory, against 2560-element chunks and
-// a prefetch loop in C): batch 2 33 -> 25 ms, batch 4 46 -> 25, batch 8 57 -> 42 (394
-// multiply-adds per ns, 84% of both cores' VPDPBUSD peak).
+// a prefetch loop in C, same run): batch 2 33 -> 21 ms, batch 4 45 -> 27, batch 8 56 -> 45 (373
+// multiply-adds per ns, 80% of both cores' VPDPBUSD peak).
 void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
     if (a.B == 1 && s.row_bytes / 16 <= kMaskedMaxGroups) {
         int64_t j = j0;
