@@ -320,8 +320,8 @@ void chunk_rows(const uint8_t* w, int64_t row_bytes, int64_t rows, const int8_t*
         chunk_tile<1, TB>(w + r * row_bytes, row_bytes, q, ldq, g0, g1, qsum, first, acc + r, ldacc, nullptr);
 }
 
-// GEMV: tiles of 8 rows from the slot (memory-bound: one VPDPBUSD per 64 bytes of
-// activations). Batches: blocks of kRowBlock rows, against tiles of 8 activation rows, then one
+// GEMV (and batches of 2-3): tiles of 8 (6) rows from the slot (memory-bound: one VPDPBUSD per
+// 64 bytes of activations). Batches: blocks of kRowBlock rows, against tiles of 8 activation rows, then one
 // of 4, 2 and 1 for the rest (the shapes of asm_tile). Up to 8 activation rows (batched decode)
 // meet each weight once, so tiles run over whole rows (up to kMaxTileGroups groups): the weights
 // stream past once, in the order the prefetch walks. More rows (prefill) go in k-chunks of equal
@@ -334,10 +334,23 @@ void chunk_rows(const uint8_t* w, int64_t row_bytes, int64_t rows, const int8_t*
 // a prefetch loop in C, same run): batch 2 33 -> 21 ms, batch 4 45 -> 27, batch 8 56 -> 45 (373
 // multiply-adds per ns, 80% of both cores' VPDPBUSD peak).
 void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
-    if (a.B == 1 && s.row_bytes / 16 <= kMaskedMaxGroups) {
+    if (a.B <= 3 && s.row_bytes / 16 <= kMaskedMaxGroups) {
+        // Batches of 1-3 are memory-bound like the GEMV: its tiles (all activation rows at
+        // once, the next tile prefetched front to back) read closer to the machine's bandwidth
+        // than the batch tiles, which take 2 and 3 rows as 8x2 and 8x2 + 8x1 passes (Zen 4, two
+        // threads, 2B-4T layers, paired runs: batch 2 25-31 -> 18-22 ms, batch 3 34-40 -> 27-28;
+        // batch 4 as 8x2 twice or 4x4 here was no faster than the 6x4 batch tile).
         int64_t j = j0;
-        for (; j + 8 <= j1; j += 8) tile_masked<8, 1>(s, a, j, 0, acc, ldacc);
-        for (; j < j1; ++j) tile_masked<1, 1>(s, a, j, 0, acc, ldacc);
+        if (a.B == 1) {
+            for (; j + 8 <= j1; j += 8) tile_masked<8, 1>(s, a, j, 0, acc, ldacc);
+            for (; j < j1; ++j) tile_masked<1, 1>(s, a, j, 0, acc, ldacc);
+        } else if (a.B == 2) {
+            for (; j + 8 <= j1; j += 8) tile_masked<8, 2>(s, a, j, 0, acc, ldacc);
+            for (; j < j1; ++j) tile_masked<1, 2>(s, a, j, 0, acc, ldacc);
+        } else {
+            for (; j + 6 <= j1; j += 6) tile_masked<6, 3>(s, a, j, 0, acc, ldacc);
+            for (; j < j1; ++j) tile_masked<1, 3>(s, a, j, 0, acc, ldacc);
+        }
         return;
     }
     constexpr int64_t kRowBlock = 48, kMaxChunk = 2560;   // 48: whole tiles of 3, 6 and 8 rows
