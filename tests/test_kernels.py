@@ -68,6 +68,16 @@ def test_kernel_empty_rows(kernel, batch):
     assert got.shape == (batch, 5) and not got.any()
 
 
+@pytest.mark.parametrize("kernel", ["ref"] + KERNELS)
+@pytest.mark.parametrize("k", [64, 321])
+def test_kernel_empty_batch(kernel, k):
+    # No activation rows: nothing to compute and nothing to write (the small-batch paths pick
+    # their tile by batch size and must not take an empty batch for one of them)
+    t, _ = _random((13, k, 1), 1)
+    got = _core._kernel_gemm(kernel, t, np.zeros((0, k), np.int8), 0, 13)
+    assert got.shape == (0, 13)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 64, 100, 2560, 2561])
 def test_dot_f16_bit_identical(kernel, n):

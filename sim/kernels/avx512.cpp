@@ -334,7 +334,7 @@ void chunk_rows(const uint8_t* w, int64_t row_bytes, int64_t rows, const int8_t*
 // a prefetch loop in C, same run): batch 2 33 -> 21 ms, batch 4 45 -> 27, batch 8 56 -> 45 (373
 // multiply-adds per ns, 80% of both cores' VPDPBUSD peak).
 void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
-    if (a.B <= 3 && s.row_bytes / 16 <= kMaskedMaxGroups) {
+    if (a.B >= 1 && a.B <= 3 && s.row_bytes / 16 <= kMaskedMaxGroups) {
         // Batches of 1-3 are memory-bound like the GEMV: its tiles (all activation rows at
         // once, the next tile prefetched front to back) read closer to the machine's bandwidth
         // than the batch tiles, which take 2 and 3 rows as 8x2 and 8x2 + 8x1 passes (Zen 4, two
