@@ -67,6 +67,14 @@ void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
             acc[(b + t) * ldacc + j + r] = _mm512_reduce_add_epi32(_mm512_srav_epi32(sum[r][t], unscale)) - a.qsum[b + t];
 }
 
+// Rows [j0, j1) against all TB activation rows: tiles of RB rows, then single rows.
+template <int RB, int TB>
+void masked_rows(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
+    int64_t j = j0;
+    for (; j + RB <= j1; j += RB) tile_masked<RB, TB>(s, a, j, 0, acc, ldacc);
+    for (; j < j1; ++j) tile_masked<1, TB>(s, a, j, 0, acc, ldacc);
+}
+
 // Batches in GNU inline assembly (GCC 12 compiled the same loop from intrinsics with every
 // accumulator stored to the stack and copied back on each group: 180 against ~400 multiply-adds
 // per ns). RB weight rows x TB activation rows over groups [0, n), n >= 1, of a k-chunk: per group, each
@@ -330,9 +338,9 @@ void chunk_rows(const uint8_t* w, int64_t row_bytes, int64_t rows, const int8_t*
 // meets them; the first activation tile prefetches the weights. One thread, codes in cache,
 // 6912 x 2560 (Zen 5): batch 8 115 -> 395 multiply-adds per ns, batch 128 163 -> 404, against
 // the buffered kernel this replaced (codes expanded into an L1 buffer; intrinsics). Whole rows
-// at batch 2-8 (Zen 4, two threads, 2B-4T layers from memory, against 2560-element chunks and
-// a prefetch loop in C, same run): batch 2 33 -> 21 ms, batch 4 45 -> 27, batch 8 56 -> 45 (373
-// multiply-adds per ns, 80% of both cores' VPDPBUSD peak).
+// at batch 4-8 (Zen 4, two threads, 2B-4T layers from memory, against 2560-element chunks and
+// a prefetch loop in C, same run): batch 4 45 -> 27 ms, batch 8 56 -> 45 (373 multiply-adds per
+// ns, 80% of both cores' VPDPBUSD peak).
 void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t ldacc, int64_t j0, int64_t j1) {
     if (a.B >= 1 && a.B <= 3 && s.row_bytes / 16 <= kMaskedMaxGroups) {
         // Batches of 1-3 are memory-bound like the GEMV: its tiles (all activation rows at
@@ -340,17 +348,9 @@ void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t 
         // than the batch tiles, which take 2 and 3 rows as 8x2 and 8x2 + 8x1 passes (Zen 4, two
         // threads, 2B-4T layers, paired runs: batch 2 25-31 -> 18-22 ms, batch 3 34-40 -> 27-28;
         // batch 4 as 8x2 twice or 4x4 here was no faster than the 6x4 batch tile).
-        int64_t j = j0;
-        if (a.B == 1) {
-            for (; j + 8 <= j1; j += 8) tile_masked<8, 1>(s, a, j, 0, acc, ldacc);
-            for (; j < j1; ++j) tile_masked<1, 1>(s, a, j, 0, acc, ldacc);
-        } else if (a.B == 2) {
-            for (; j + 8 <= j1; j += 8) tile_masked<8, 2>(s, a, j, 0, acc, ldacc);
-            for (; j < j1; ++j) tile_masked<1, 2>(s, a, j, 0, acc, ldacc);
-        } else {
-            for (; j + 6 <= j1; j += 6) tile_masked<6, 3>(s, a, j, 0, acc, ldacc);
-            for (; j < j1; ++j) tile_masked<1, 3>(s, a, j, 0, acc, ldacc);
-        }
+        if (a.B == 1) masked_rows<8, 1>(s, a, acc, ldacc, j0, j1);
+        else if (a.B == 2) masked_rows<8, 2>(s, a, acc, ldacc, j0, j1);
+        else masked_rows<6, 3>(s, a, acc, ldacc, j0, j1);
         return;
     }
     constexpr int64_t kRowBlock = 48, kMaxChunk = 2560;   // 48: whole tiles of 3, 6 and 8 rows
