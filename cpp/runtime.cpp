@@ -734,9 +734,11 @@ void Engine::output_head(const float* h, int64_t W, float* logits) {
     const bool f16 = out.tensor->type == TensorType::F16;
     if (f16) {
         // F16 rows straight from the file (the common case: 2B-4T's tied embedding). Every row
-        // is read once for all W hidden states.
+        // is read once for all W hidden states. Guided chunks (multiples of the kernels' 4-row
+        // tiles): against fixed 256-row chunks, whose every start is a cold stream, a decode
+        // step took 1-2.5% less (2B-4T, Zen 4, two threads, paired runs at batches 1 and 8).
         const uint16_t* rows = reinterpret_cast<const uint16_t*>(out.data);
-        pool_->parallel_for(V, 256, [&](int64_t v0, int64_t v1) {
+        pool_->parallel_for_guided(V, 256, 8, [&](int64_t v0, int64_t v1) {
             kernels_->dot_f16(rows + v0 * D, D, v1 - v0, h, D, W, D, logits + v0, V);
         });
         return;

@@ -1,6 +1,7 @@
 // thread_pool.cpp: see thread_pool.h.
 #include "thread_pool.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <exception>
 #include <string>
@@ -101,6 +102,28 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
         fn_ = nullptr;
     }
     if (error_) std::rethrow_exception(error_);
+}
+
+void ThreadPool::parallel_for_guided(int64_t n, int64_t min_grain, int64_t quantum,
+                                     const std::function<void(int64_t, int64_t)>& fn) {
+    if (n <= 0) return;
+    if (quantum < 1) quantum = 1;
+    min_grain = std::max(min_grain, quantum);
+    if (workers_.empty() || n <= min_grain) {
+        fn(0, n);
+        return;
+    }
+    const int64_t parts = 2 * static_cast<int64_t>(n_threads_);
+    std::vector<int64_t> cut{0};
+    for (int64_t left = n; left > 0;) {
+        const int64_t share = std::max(min_grain, (left + parts - 1) / parts);
+        const int64_t take = std::min(left, (share + quantum - 1) / quantum * quantum);
+        cut.push_back(cut.back() + take);
+        left -= take;
+    }
+    parallel_for(static_cast<int64_t>(cut.size()) - 1, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) fn(cut[static_cast<size_t>(i)], cut[static_cast<size_t>(i + 1)]);
+    });
 }
 
 }  // namespace bitnet

@@ -38,6 +38,14 @@ public:
     // have finished or been skipped.
     void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+    // The same over chunks of decreasing size (guided scheduling): each chunk is 1/(2 * size())
+    // of the items still unassigned, rounded up to a multiple of `quantum` and at least
+    // `min_grain` (the last one may be shorter). Long streams first, then short chunks, so
+    // the threads finish together without a start-up cost per small chunk (a memory-bound
+    // kernel's prefetch restarts at every chunk). Chunk starts are multiples of `quantum`.
+    void parallel_for_guided(int64_t n, int64_t min_grain, int64_t quantum,
+                             const std::function<void(int64_t, int64_t)>& fn);
+
     // Default thread count: $BITNET_NUM_THREADS, else the number of online CPUs.
     static int default_threads();
 
