@@ -25,6 +25,10 @@ import numpy as np
 
 from .timing import machine_read_bandwidth, measure_generation
 
+# Bytes per read-bandwidth sample taken next to a tg repetition (bench_bitnet(bandwidth=True)):
+# far beyond any last-level cache, and quick (two passes, about 20 ms each at 30 GB/s).
+ADJACENT_BANDWIDTH_BYTES = 256 << 20
+
 __all__ = ["BenchResult", "DecodeInfo", "add_arguments", "bench_bitnet", "bench_llama_cpp", "cpu_features", "format_table", "main"]
 
 
@@ -75,7 +79,7 @@ def _depth_suffix(depth: int) -> str:
 def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, batch: Union[int, Sequence[int]] = 1,
                  fast_head: bool = False, device: Optional[str] = "sim",
                  decode: Optional[List["DecodeInfo"]] = None, progress: bool = False,
-                 depth: int = 0) -> List[BenchResult]:
+                 depth: int = 0, bandwidth: bool = False) -> List[BenchResult]:
     """``pp{n_prompt}`` and ``tg{n_gen}`` tokens/s on ``device``, ``reps`` repetitions each.
 
     ``n_prompt`` or ``n_gen`` of 0 skips that test; ``batch`` rows (one size or several) decode
@@ -83,7 +87,10 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
     precede both tests (see the module's docstring). ``device=None`` is the default
     device. If ``decode`` is a list, a :class:`DecodeInfo` (bytes read per decode step, step
     time, peak RSS) is appended to it for every tg test. ``progress=True`` shows a spinner on
-    stderr while the model loads.
+    stderr while the model loads. ``bandwidth=True`` also measures the machine's read
+    bandwidth right before and right after each tg repetition (:data:`ADJACENT_BANDWIDTH_BYTES`
+    per sample), into each :class:`DecodeInfo`: on a shared host the bandwidth moves from one
+    second to the next, so only a sample taken next to a repetition is its bound.
     """
     from .._progress import loading
     from ..core import BitNet
@@ -114,14 +121,29 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
         for b in batches if n_gen > 0 else []:
             start = rng.integers(0, vocab, size=(b, max(1, depth))).astype(np.int32)
             timings: List[Any] = []
+            around: List[Any] = []   # (bandwidth before, after) of each repetition
+            peak = [0]               # peak RSS over the repetitions (not over the bandwidth samples)
+            # The samples' buffers must not count as the engine's memory, so they need a peak
+            # that can be reset (Linux): without one, the bound is the one measured at the end.
+            sample = bandwidth and reset_peak_rss()
 
             def tg() -> float:
+                warm_up = not timings
+                before = 0.0
+                if sample and not warm_up:
+                    before = machine_read_bandwidth(ADJACENT_BANDWIDTH_BYTES, threads, 1)
+                    reset_peak_rss()
                 if depth == 0:
                     timings.append(measure_generation(bn, list(start), n_gen))
-                    return timings[-1].generated_tokens_per_s
-                # n_gen decode steps after the context's forward pass (which gives token 1).
-                timings.append(measure_generation(bn, list(start), n_gen + 1))
-                return timings[-1].decode_tokens_per_s
+                    rate = timings[-1].generated_tokens_per_s
+                else:
+                    # n_gen decode steps after the context's forward pass (which gives token 1).
+                    timings.append(measure_generation(bn, list(start), n_gen + 1))
+                    rate = timings[-1].decode_tokens_per_s
+                peak[0] = max(peak[0], peak_rss_bytes())
+                if sample and not warm_up:
+                    around.append((before, machine_read_bandwidth(ADJACENT_BANDWIDTH_BYTES, threads, 1)))
+                return rate
 
             reset_peak_rss()
             name = f"tg{n_gen}{_depth_suffix(depth)}" + (f" x{b}" if b > 1 else "")
@@ -135,7 +157,8 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
                     head_bytes=vocab * int(bn.model_config()["hidden_size"]) if fast_head else _head_bytes(model),
                     kv_bytes=b * _kv_bytes_per_step(bn.model_config(), depth, n_gen),
                     step_seconds=statistics.median(steps) if steps else float("nan"),
-                    peak_rss_bytes=peak_rss_bytes(), file_bytes=os.path.getsize(model)))
+                    peak_rss_bytes=peak[0], file_bytes=os.path.getsize(model),
+                    rep_step_seconds=steps, rep_bandwidth_gbps=[(x + y) / 2 for x, y in around]))
     return results
 
 
@@ -153,6 +176,10 @@ class DecodeInfo:
     peak_rss_bytes: int      # peak resident memory during the test (VmHWM, reset before it)
     file_bytes: int
     kv_bytes: int = 0        # KV cache read per step (fp32 K and V of every layer), mean over the steps
+    rep_step_seconds: List[float] = field(default_factory=list)     # median step of each repetition
+    # the machine's read bandwidth next to each repetition (mean of the samples right before and
+    # right after it); empty unless bench_bitnet(bandwidth=True)
+    rep_bandwidth_gbps: List[float] = field(default_factory=list)
 
     @property
     def bytes_per_step(self) -> int:
@@ -161,6 +188,12 @@ class DecodeInfo:
     @property
     def gbps(self) -> float:
         return self.bytes_per_step / self.step_seconds / 1e9
+
+    @property
+    def rep_fractions(self) -> List[float]:
+        """Each repetition's read rate as a fraction of the bandwidth measured next to it."""
+        return [self.bytes_per_step / t / 1e9 / bw
+                for t, bw in zip(self.rep_step_seconds, self.rep_bandwidth_gbps) if t > 0 and bw > 0]
 
 
 def _kv_bytes_per_step(config: dict, depth: int, n_gen: int) -> int:
@@ -249,7 +282,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
     p.add_argument("--vs", choices=["llama.cpp"], default=None, help="also run a peer on the same file")
     p.add_argument("--bandwidth", action="store_true",
-                   help="also measure the machine's read bandwidth and report each tg test against that bound")
+                   help="also measure the machine's read bandwidth (right before and after every tg "
+                        "repetition, and once per thread count at the end) and report each tg test "
+                        "against that bound")
 
 
 def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
@@ -260,10 +295,16 @@ def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
                 + (f" + {d.kv_bytes / 1e6:.0f} KV cache" if d.kv_bytes else "") + "), "
                 f"{d.step_seconds * 1e3:.1f} ms/step = {d.gbps:.1f} GB/s; "
                 f"peak RSS {d.peak_rss_bytes / 2**20:.0f} MiB = {d.peak_rss_bytes / d.file_bytes:.2f}x the file")
-        bw = bandwidth.get(d.threads)
+        fractions = d.rep_fractions
+        bw = statistics.median(d.rep_bandwidth_gbps) if fractions else bandwidth.get(d.threads)
         if bw:
             bound = bw * 1e9 / d.bytes_per_step
             line += f"; machine {bw:.1f} GB/s -> bound {bound:.1f} steps/s, at {100 * d.gbps / bw:.0f}%"
+        if fractions:
+            line += (f" (bandwidth measured right before and after each of the {len(fractions)} repetitions: "
+                     f"{min(d.rep_bandwidth_gbps):.1f}-{max(d.rep_bandwidth_gbps):.1f} GB/s; each repetition "
+                     f"against its own: median {100 * statistics.median(fractions):.0f}%, "
+                     f"{100 * min(fractions):.0f}-{100 * max(fractions):.0f}%)")
         lines.append(line)
     return "\n".join(lines)
 
@@ -291,7 +332,8 @@ def main(args: argparse.Namespace) -> int:
         for fast in heads:
             results += bench_bitnet(args.model, args.n_prompt, args.n_gen, threads, args.reps, batches, fast,
                                     device=getattr(args, "device", None), decode=decode,
-                                    progress=enabled(getattr(args, "progress", False)), depth=depth)
+                                    progress=enabled(getattr(args, "progress", False)), depth=depth,
+                                    bandwidth=args.bandwidth)
         if args.vs == "llama.cpp" and peer_error is None:
             try:
                 results += bench_llama_cpp(args.model, args.n_prompt, args.n_gen, threads, args.reps, depth)
