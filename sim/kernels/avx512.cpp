@@ -418,10 +418,11 @@ void dot_tile(const uint16_t* e, int64_t ld, const float* x, int64_t ldx, int64_
     for (; i + 16 <= n; i += 16) {
         // The RB rows two tiles on (one block of memory) are prefetched front to back, RB cache
         // lines every 32 elements, so they are done when this tile is (a prefetch never faults
-        // past the end): the GEMV (one vector) is memory-bound, and a batch's first pass over
-        // the rows needs them too. Prefetching the same columns of each next row instead (RB
-        // interleaved streams) reached 73-80% of the machine's read bandwidth (benchmarks/
-        // bandwidth.py's loop) on the 2B-4T head, two threads, Zen 5; front to back 91-99%.
+        // past the end), for a batch's first pass over the rows. (The GEMV, one vector, reads
+        // one row at a time without prefetching instead: see avx512_dot_f16.) Prefetching the
+        // same columns of each next row instead (RB interleaved streams) reached 73-80% of the
+        // machine's read bandwidth (benchmarks/bandwidth.py's loop) on the 2B-4T head, two
+        // threads, Zen 5; front to back 91-99%.
         // Into L2 (T2), not L1: the L1's few outstanding misses capped the stream (Zen 4, two
         // threads, paired runs: one tile ahead into L1, 42-46 ms for 8 vectors, 0.86-0.94 of
         // read_sum for one; two tiles ahead into L2, 31 ms and 0.96-1.0).
@@ -471,10 +472,16 @@ void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const floa
                     int64_t n, float* out, int64_t ldo) {
     int64_t r = 0;
     if (nx == 1) {
-        for (; r + 4 <= n_rows; r += 4) dot_tile<4, 1>(rows + r * ld, ld, x, ldx, n, out + r, ldo);
-    } else {
-        for (; r + 4 <= n_rows; r += 4) dot_rows<4>(rows + r * ld, ld, x, ldx, nx, n, out + r, ldo);
+        // One row at a time, no software prefetch: the rows are contiguous, so this reads one
+        // ascending stream, which the hardware prefetcher follows like benchmarks/bandwidth.py's
+        // loop. (Each lane's sum is still one add chain: 3 cycles per 32 bytes, ~39 GB/s a core
+        // on Zen 4, above its ~30 GB/s from memory.) Against 4 rows side by side with the tile
+        // two on prefetched into L2: a 2B-4T decode step 8.5% faster on one thread, 4-8% on two
+        // (Zen 4, paired runs; a kernel harness: 20-24 -> 26-28 GB/s on one thread, as read_sum).
+        for (; r < n_rows; ++r) dot_tile<1, 1, false>(rows + r * ld, ld, x, ldx, n, out + r, ldo);
+        return;
     }
+    for (; r + 4 <= n_rows; r += 4) dot_rows<4>(rows + r * ld, ld, x, ldx, nx, n, out + r, ldo);
     for (; r < n_rows; ++r) dot_rows<1>(rows + r * ld, ld, x, ldx, nx, n, out + r, ldo);
 }
 
