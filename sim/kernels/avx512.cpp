@@ -563,7 +563,7 @@ void avx512_dot_f32(const float* rows, int64_t ld, int64_t n_rows, const float* 
 // rows (signed, |v| <= 127) x x (signed): VPDPBUSD needs an unsigned operand, so rows are
 // biased by +128 and 128 * sum(x) is subtracted.
 // RB rows against XB vectors: each biased row chunk is loaded once and used XB times.
-template <int RB, int XB>
+template <int RB, int XB, bool kPrefetch = true>
 void dot_i8_tile(const int8_t* e, int64_t ld, const int8_t* x, int64_t ldx, int64_t n, const int32_t* xsum128,
                  int32_t* out, int64_t ldo) {
     const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -577,9 +577,11 @@ void dot_i8_tile(const int8_t* e, int64_t ld, const int8_t* x, int64_t ldx, int6
         // of the machine's read bandwidth with the same columns of each next row, 94-101% this
         // way), and with 8 the hardware prefetcher alone fed 5.8 GB/s of rows from memory (9 with
         // this). Zen 4, paired runs: 8 vectors 15.4-16.1 -> 10.4-10.8 ms against the next tile
-        // into L1; 1-2 vectors 0.85-0.95 of read_sum either way.
-        for (int r = 0; r < RB; ++r)
-            _mm_prefetch(reinterpret_cast<const char*>(e + 2 * RB * ld + (i / 64 * RB + r) * 64), _MM_HINT_T2);
+        // into L1; 1-2 vectors 0.85-0.95 of read_sum either way (they are now read one row at a
+        // time without prefetching: see avx512_dot_i8).
+        if (kPrefetch)
+            for (int r = 0; r < RB; ++r)
+                _mm_prefetch(reinterpret_cast<const char*>(e + 2 * RB * ld + (i / 64 * RB + r) * 64), _MM_HINT_T2);
         __m512i ev[RB];
         for (int r = 0; r < RB; ++r) ev[r] = _mm512_xor_si512(_mm512_loadu_si512(e + r * ld + i), bias);   // e + 128 as u8
         for (int w = 0; w < XB; ++w) {
@@ -602,7 +604,7 @@ void dot_i8_tile(const int8_t* e, int64_t ld, const int8_t* x, int64_t ldx, int6
 }
 
 // All rows against XB vectors starting at x, RB rows at a time.
-template <int RB, int XB>
+template <int RB, int XB, bool kPrefetch = true>
 void dot_i8_pass(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t n, int32_t* out,
                  int64_t ldo) {
     int32_t xsum128[XB];
@@ -612,14 +614,25 @@ void dot_i8_pass(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x
         xsum128[w] = 128 * s;
     }
     int64_t r = 0;
-    for (; r + RB <= n_rows; r += RB) dot_i8_tile<RB, XB>(rows + r * ld, ld, x, ldx, n, xsum128, out + r, ldo);
+    for (; r + RB <= n_rows; r += RB) dot_i8_tile<RB, XB, kPrefetch>(rows + r * ld, ld, x, ldx, n, xsum128, out + r, ldo);
     for (; r < n_rows; ++r) dot_i8_tile<1, XB>(rows + r * ld, ld, x, ldx, n, xsum128, out + r, ldo);
 }
 
 // Rows are biased by +128 to make VPDPBUSD's unsigned operand, so 128 * sum(x) is subtracted.
-// Vectors go 8 at a time (2 rows x 8 vectors = 16 accumulators), then 4, then 2, then 1.
+// Vectors go 8 at a time (2 rows x 8 vectors = 16 accumulators), then 4, then 2, then 1
+// (one or two vectors in all: one row at a time).
 void avx512_dot_i8(const int8_t* rows, int64_t ld, int64_t n_rows, const int8_t* x, int64_t ldx, int64_t nx, int64_t n,
                    int32_t* out, int64_t ldo) {
+    if (nx <= 2) {
+        // One or two vectors (the fast head's scoring of one hidden state: its codes and their
+        // residual's) are memory-bound: one row at a time, without software prefetch, is one
+        // ascending stream for the hardware prefetcher (as avx512_dot_f16's GEMV). Against
+        // 4 rows side by side with a prefetch two tiles on: a fast-head decode step 1-2% faster
+        // on one thread, 3-6% on two (2B-4T, Zen 4, paired runs).
+        if (nx == 2) dot_i8_pass<1, 2, false>(rows, ld, n_rows, x, ldx, n, out, ldo);
+        else if (nx == 1) dot_i8_pass<1, 1, false>(rows, ld, n_rows, x, ldx, n, out, ldo);
+        return;
+    }
     int64_t w = 0;
     for (; w + 8 <= nx; w += 8) dot_i8_pass<2, 8>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
     for (; w + 4 <= nx; w += 4) dot_i8_pass<2, 4>(rows, ld, n_rows, x + w * ldx, ldx, n, out + w * ldo, ldo);
