@@ -458,7 +458,8 @@ def test_bitnet_bench_lists_heads_and_bandwidth(model):
     assert len(decode) == 8 and all("MB/step" in d and "peak RSS" in d and "bound" in d for d in decode)
     assert r.stdout.count("machine read bandwidth") == 2
     if suite.reset_peak_rss():   # the bandwidth is sampled next to each repetition where the peak RSS can be reset
-        assert all("measured right before and after each of the 1 repetitions" in d for d in decode)
+        assert all("measured right before and after each of the 1 repetitions" in d and "of its own bound" in d
+                   for d in decode)
 
 
 def test_decode_report_against_adjacent_bandwidth():
@@ -468,8 +469,8 @@ def test_decode_report_against_adjacent_bandwidth():
                          rep_step_seconds=[0.04, 0.05, 0.04], rep_bandwidth_gbps=[25.0, 25.0, 50.0])
     assert d.rep_fractions == pytest.approx([1.0, 0.8, 0.5])
     text = bench._decode_report([d], {2: 99.0})
-    assert "machine 25.0 GB/s" in text and "at 100%" in text          # the adjacent samples' median, not 99
-    assert "25.0-50.0 GB/s" in text and "median 80%, 50-100%" in text
+    assert "machine 25.0 GB/s (median; 25.0-50.0" in text              # the adjacent samples, not 99
+    assert "each repetition at 80% of its own bound (median; 50-100%)" in text
     plain = bench._decode_report([bench.DecodeInfo(**{**d.__dict__, "rep_bandwidth_gbps": []})], {2: 50.0})
     assert "machine 50.0 GB/s" in plain and "at 50%" in plain and "each repetition" not in plain
 

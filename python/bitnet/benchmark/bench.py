@@ -296,15 +296,19 @@ def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
                 f"{d.step_seconds * 1e3:.1f} ms/step = {d.gbps:.1f} GB/s; "
                 f"peak RSS {d.peak_rss_bytes / 2**20:.0f} MiB = {d.peak_rss_bytes / d.file_bytes:.2f}x the file")
         fractions = d.rep_fractions
-        bw = statistics.median(d.rep_bandwidth_gbps) if fractions else bandwidth.get(d.threads)
-        if bw:
+        if fractions:
+            # Each repetition against the bandwidth measured next to it; the medians of the
+            # steps and of the samples come from different repetitions, so no ratio of them.
+            bw = statistics.median(d.rep_bandwidth_gbps)
+            line += (f"; machine {bw:.1f} GB/s (median; {min(d.rep_bandwidth_gbps):.1f}-"
+                     f"{max(d.rep_bandwidth_gbps):.1f}, measured right before and after each of the "
+                     f"{len(fractions)} repetitions) -> bound {bw * 1e9 / d.bytes_per_step:.1f} steps/s; "
+                     f"each repetition at {100 * statistics.median(fractions):.0f}% of its own bound "
+                     f"(median; {100 * min(fractions):.0f}-{100 * max(fractions):.0f}%)")
+        elif bandwidth.get(d.threads):
+            bw = bandwidth[d.threads]
             bound = bw * 1e9 / d.bytes_per_step
             line += f"; machine {bw:.1f} GB/s -> bound {bound:.1f} steps/s, at {100 * d.gbps / bw:.0f}%"
-        if fractions:
-            line += (f" (bandwidth measured right before and after each of the {len(fractions)} repetitions: "
-                     f"{min(d.rep_bandwidth_gbps):.1f}-{max(d.rep_bandwidth_gbps):.1f} GB/s; each repetition "
-                     f"against its own: median {100 * statistics.median(fractions):.0f}%, "
-                     f"{100 * min(fractions):.0f}-{100 * max(fractions):.0f}%)")
         lines.append(line)
     return "\n".join(lines)
 
