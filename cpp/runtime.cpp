@@ -735,8 +735,9 @@ void Engine::output_head(const float* h, int64_t W, float* logits) {
     if (f16) {
         // F16 rows straight from the file (the common case: 2B-4T's tied embedding). Every row
         // is read once for all W hidden states. Guided chunks (multiples of the kernels' 4-row
-        // tiles): against fixed 256-row chunks, whose every start is a cold stream, a decode
-        // step took 1-2.5% less (2B-4T, Zen 4, two threads, paired runs at batches 1 and 8).
+        // tiles), against fixed 256-row chunks, whose every start is a cold stream (2B-4T, Zen
+        // 4, two threads, paired runs): a decode step 1-2.5% faster at batches 1 and 8 with the
+        // 4-row GEMV; with the one-row GEMV, within the noise (+-1% at batch 1, -3% at 8).
         const uint16_t* rows = reinterpret_cast<const uint16_t*>(out.data);
         pool_->parallel_for_guided(V, 256, 8, [&](int64_t v0, int64_t v1) {
             kernels_->dot_f16(rows + v0 * D, D, v1 - v0, h, D, W, D, logits + v0, V);
