@@ -125,7 +125,7 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
             peak = [0]               # peak RSS over the repetitions (not over the bandwidth samples)
             # The samples' buffers must not count as the engine's memory, so they need a peak
             # that can be reset (Linux): without one, the bound is the one measured at the end.
-            sample = bandwidth and reset_peak_rss()
+            sample = reset_peak_rss() and bandwidth
 
             def tg() -> float:
                 warm_up = not timings
@@ -145,7 +145,6 @@ def bench_bitnet(model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
                     around.append((before, machine_read_bandwidth(ADJACENT_BANDWIDTH_BYTES, threads, 1)))
                 return rate
 
-            reset_peak_rss()
             name = f"tg{n_gen}{_depth_suffix(depth)}" + (f" x{b}" if b > 1 else "")
             results.append(BenchResult("bitnet", name, threads, _rates(tg, reps), tag))
             if decode is not None:
