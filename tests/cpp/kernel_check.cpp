@@ -283,8 +283,8 @@ int main(int argc, char** argv) {
         for (int64_t K : {4096 * 64, 4097 * 64})
             for (int64_t B : {2, 8}) check_gemm(k, rng, 9, K, B, 3);
         for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 128, 2560, 2561})
-            for (int64_t nx : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 14, 16, 17})
-                for (int64_t R : {1, 3, 9, 16, 33, 64, 69}) check_dots(k, rng, R, n, nx);   // AMX dot_i8: 16-row groups
+            for (int64_t nx : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17, 24})
+                for (int64_t R : {1, 2, 3, 9, 16, 17, 33, 64, 69}) check_dots(k, rng, R, n, nx);   // AMX dot_i8: 16-row groups
         {   // read_sum: the same checksum as the reference, for any length that is a multiple of 64
             std::vector<uint8_t> raw(64 * 1000 + 64);
             uint8_t* p = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;
