@@ -356,8 +356,10 @@ void SimCard::run_command(const MatmulCommand& cmd) {
         }
     }
 
-    std::vector<const TernarySlot*> slots;
-    std::vector<int64_t> offset;   // where each product's accumulators start in acc_
+    std::vector<const TernarySlot*>& slots = cmd_slots_;
+    std::vector<int64_t>& offset = cmd_offset_;
+    slots.clear();
+    offset.clear();
     int64_t total = 0;
     {
         std::lock_guard<std::mutex> lock(slots_mutex_);
@@ -378,12 +380,10 @@ void SimCard::run_command(const MatmulCommand& cmd) {
     // thread for decode, ~4 per thread of at most 512 rows for batches), 2B-4T shape, 2 threads:
     // the gap between the threads' finishing times per command 15 -> 5 us at batch 1 and 23 ->
     // 10-15 us at batch 8, and batch 8's ternary products 38 -> 34-35 ms per step.
-    struct Piece {
-        size_t op;
-        int64_t j0, j1;
-    };
-    std::vector<Piece> pieces;
-    std::vector<size_t> item_start{0};   // item i is pieces[item_start[i], item_start[i + 1])
+    std::vector<WorkPiece>& pieces = pieces_;
+    std::vector<size_t>& item_start = item_start_;
+    pieces.clear();
+    item_start.assign(1, 0);
     int64_t total_rows = 0;
     for (const TernarySlot* sl : slots) total_rows += sl->n;
     const int64_t threads = std::max(1, pool_->size());
@@ -414,7 +414,7 @@ void SimCard::run_command(const MatmulCommand& cmd) {
     const int64_t n_items = static_cast<int64_t>(item_start.size()) - 1;
     pool_->parallel_for(n_items, 1, [&](int64_t begin, int64_t end) {
         for (size_t p = item_start[static_cast<size_t>(begin)]; p < item_start[static_cast<size_t>(end)]; ++p) {
-            const Piece& it = pieces[p];
+            const WorkPiece& it = pieces[p];
             const TernarySlot& slot = *slots[it.op];
             int32_t* acc = acc_.data() + offset[it.op];
             kernels_->gemm(slot, act, acc, slot.n, it.j0, it.j1);
@@ -429,7 +429,8 @@ void SimCard::run_command(const MatmulCommand& cmd) {
         }
     });
 
-    std::vector<int64_t> ns;
+    std::vector<int64_t>& ns = cmd_rows_;
+    ns.clear();
     for (size_t o = 0; o < slots.size(); ++o) {
         const int64_t N = slots[o]->n;
         if (cmd.ops[o].acc) std::copy(acc_.data() + offset[o], acc_.data() + offset[o] + B * N, cmd.ops[o].acc);

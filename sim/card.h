@@ -157,6 +157,16 @@ private:
     std::vector<int32_t> qsum_;
     std::vector<uint8_t> prepared_;  // kernel-specific activation layout of the command
     std::vector<int32_t> acc_;
+    // The running command's plan (kept between commands: allocating them took ~1 us a command).
+    struct WorkPiece {
+        size_t op;
+        int64_t j0, j1;
+    };
+    std::vector<const TernarySlot*> cmd_slots_;
+    std::vector<int64_t> cmd_offset_;        // where each product's accumulators start in acc_
+    std::vector<WorkPiece> pieces_;
+    std::vector<size_t> item_start_;         // item i is pieces_[item_start_[i], item_start_[i + 1])
+    std::vector<int64_t> cmd_rows_;
 
     mutable std::mutex slots_mutex_;
     std::map<int, TernarySlot> slots_;
