@@ -337,11 +337,16 @@ void SimCard::run_command(const MatmulCommand& cmd) {
     // The activation DMA lands in the engine's input buffer: rows zero-padded to whole
     // 64-element groups, with their sums (the engine multiplies codes c = t + 1).
     // (The buffers only grow: resizing them per command zero-filled up to 0.4 MB each time.)
-    if (act_.size() < static_cast<size_t>(B * kpad)) act_.resize(static_cast<size_t>(B * kpad));
+    // Rows start on cache lines (kpad is a multiple of 64 bytes), so the kernels' 64-byte
+    // activation loads never straddle two lines (the vector's storage is only 16-byte aligned).
+    // 2B-4T, two threads, Zen 4, paired runs: prefill of 128 tokens 2.4-3.2% faster; decode at
+    // batches 1 and 8 within the noise.
+    if (act_.size() < static_cast<size_t>(B * kpad + 64)) act_.resize(static_cast<size_t>(B * kpad + 64));
+    int8_t* const act_rows = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(act_.data()) + 63) & ~uintptr_t(63));
     qsum_.resize(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) qsum_[b] = land_row(cmd.q + b * K, K, kpad, act_.data() + b * kpad);
+    for (int64_t b = 0; b < B; ++b) qsum_[b] = land_row(cmd.q + b * K, K, kpad, act_rows + b * kpad);
     ActBatch act;
-    act.q = act_.data();
+    act.q = act_rows;
     act.B = B;
     act.K = K;
     act.ldq = kpad;
