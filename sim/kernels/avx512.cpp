@@ -489,7 +489,9 @@ void avx512_dot_f16(const uint16_t* rows, int64_t ld, int64_t n_rows, const floa
         // vectors instead of once per 4, and each vector's 64 bytes are loaded once per 3 rows.
         // The vectors (80 KB on 2B-4T) stream from L2 for every tile. Against 4 x 4 tiles, the
         // 2B-4T head for 8 vectors (Zen 4, two threads, paired runs): 36.7 -> 31.8 ms, the
-        // decode step 6% faster; 2 x 8 tiles: 32.0 ms.
+        // decode step 6% faster; 2 x 8 tiles: 32.0 ms. (An earlier 2 x 8 tile had measured 1.5 G
+        // multiply-add pairs/s per core against 4 x 4's 2.3 G on Zen 5, on a 2560 x 4096 block,
+        // while GCC still folded each vector's load into every multiply: see dot_tile.)
         for (; r + 3 <= n_rows; r += 3) dot_rows<3, 8>(rows + r * ld, ld, x, ldx, nx, n, out + r, ldo);
         for (; r < n_rows; ++r) dot_rows<1, 8>(rows + r * ld, ld, x, ldx, nx, n, out + r, ldo);
         return;
