@@ -69,7 +69,8 @@ void tile_masked(const TernarySlot& s, const ActBatch& a, int64_t j, int64_t b, 
             acc[(b + t) * ldacc + j + r] = _mm512_reduce_add_epi32(_mm512_srav_epi32(sum[r][t], unscale)) - a.qsum[b + t];
 }
 
-alignas(64) const uint32_t kGemvMask[16] = {0x03030303u, 0x03030303u, 0x03030303u, 0x03030303u,
+// tile_masked's lane masks, for the tiles in inline assembly (here and asm_tile's).
+alignas(64) const uint32_t kLaneMask[16] = {0x03030303u, 0x03030303u, 0x03030303u, 0x03030303u,
                                             0x0C0C0C0Cu, 0x0C0C0C0Cu, 0x0C0C0C0Cu, 0x0C0C0C0Cu,
                                             0x30303030u, 0x30303030u, 0x30303030u, 0x30303030u,
                                             0xC0C0C0C0u, 0xC0C0C0C0u, 0xC0C0C0C0u, 0xC0C0C0C0u};
@@ -82,7 +83,7 @@ alignas(64) const uint32_t kGemvMask[16] = {0x03030303u, 0x03030303u, 0x03030303
 // block would pass pf_end. A kernel harness (2B-4T layers, Zen 4): one thread 20.5 -> 22.7
 // GB/s from memory, 25.4 -> 28.4 in L1. A 2B-4T decode step (paired runs): one thread 2.5-9%
 // faster; two threads within +-3% (three runs: +2.9%, -3.5%, -0.7%).
-void gemv_tile8(const TernarySlot& s, const ActBatch& a, int64_t j, int32_t* acc, int64_t ldacc, const uint8_t* pf_end) {
+void gemv_tile8(const TernarySlot& s, const ActBatch& a, int64_t j, int32_t* acc, const uint8_t* pf_end) {
     const int64_t rb = s.row_bytes;
     int64_t n = rb / 16;
     const uint8_t* w = s.packed.data() + j * rb;
@@ -118,12 +119,11 @@ void gemv_tile8(const TernarySlot& s, const ActBatch& a, int64_t j, int32_t* acc
         "vmovdqa64 %%zmm3, 192(%[s])\n\tvmovdqa64 %%zmm4, 256(%[s])\n\tvmovdqa64 %%zmm5, 320(%[s])\n\t"
         "vmovdqa64 %%zmm6, 384(%[s])\n\tvmovdqa64 %%zmm7, 448(%[s])\n\t"
         : [w] "+r"(w), [q] "+r"(q), [pf] "+r"(pf), [n] "+r"(n)
-        : [rb] "r"(rb), [s] "r"(sum), [mk] "r"(kGemvMask)
+        : [rb] "r"(rb), [s] "r"(sum), [mk] "r"(kLaneMask)
         : "cc", "memory", "r10", "r11", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm16", "xmm17",
           "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm30", "xmm31");
     const __m512i unscale = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
     for (int r = 0; r < 8; ++r) acc[j + r] = _mm512_reduce_add_epi32(_mm512_srav_epi32(sum[r], unscale)) - a.qsum[0];
-    (void)ldacc;
 }
 
 // Rows [j0, j1) against all TB activation rows: tiles of RB rows, then single rows.
@@ -173,11 +173,6 @@ void masked_rows(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t 
 #define BITNET_CLOBBERS "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", \
     "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", \
     "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
-
-alignas(64) const uint32_t kLaneMask[16] = {0x03030303u, 0x03030303u, 0x03030303u, 0x03030303u,
-                                            0x0C0C0C0Cu, 0x0C0C0C0Cu, 0x0C0C0C0Cu, 0x0C0C0C0Cu,
-                                            0x30303030u, 0x30303030u, 0x30303030u, 0x30303030u,
-                                            0xC0C0C0C0u, 0xC0C0C0C0u, 0xC0C0C0C0u, 0xC0C0C0C0u};
 
 // p is early-clobbered: it is written inside the loop, and GCC may otherwise give it the register
 // of an input that holds the same value at entry (w[0], when there is nothing to prefetch).
@@ -407,13 +402,13 @@ void avx512_gemm(const TernarySlot& s, const ActBatch& a, int32_t* acc, int64_t 
         // than the batch tiles, which take 2 and 3 rows as 8x2 and 8x2 + 8x1 passes (Zen 4, two
         // threads, 2B-4T layers, paired runs: batch 2 25-31 -> 18-22 ms, batch 3 34-40 -> 27-28;
         // batch 4 as 8x2 twice or 4x4 here was no faster than the 6x4 batch tile).
-        if (a.B == 1 && s.row_bytes >= 16) {
+        if (a.B == 1) {
             const uint8_t* pf_end = s.packed.data() + s.packed.size();
             int64_t j = j0;
-            for (; j + 8 <= j1; j += 8) gemv_tile8(s, a, j, acc, ldacc, pf_end);
+            if (s.row_bytes >= 16)   // (K = 0 has no groups for the tile's loop: single rows)
+                for (; j + 8 <= j1; j += 8) gemv_tile8(s, a, j, acc, pf_end);
             for (; j < j1; ++j) tile_masked<1, 1>(s, a, j, 0, acc, ldacc);
-        } else if (a.B == 1) masked_rows<8, 1>(s, a, acc, ldacc, j0, j1);
-        else if (a.B == 2) masked_rows<8, 2>(s, a, acc, ldacc, j0, j1);
+        } else if (a.B == 2) masked_rows<8, 2>(s, a, acc, ldacc, j0, j1);
         else masked_rows<6, 3>(s, a, acc, ldacc, j0, j1);
         return;
     }
