@@ -14,42 +14,10 @@
 
 namespace bitnet {
 
-namespace {
-// Round half to even, as std::nearbyint under the default rounding mode (and torch.round), for
-// |v| < 2^22 (and NaN, which stays NaN): adding and subtracting 1.5 * 2^23 leaves v rounded to
-// an integer by the fp32 addition itself. Branch-free and vectorisable, where nearbyintf is a
-// library call per element.
-inline float round_half_even_small(float v) {
-    constexpr float kMagic = 12582912.0f;   // 1.5 * 2^23
-    return (v + kMagic) - kMagic;
-}
-}  // namespace
-
-BITNET_HOST_CLONES float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
-    // amax = max |x_i| over the non-NaN x_i (std::max(amax, NaN) skips NaN), as an integer
-    // maximum of the bit patterns: for non-negative floats (|x| clears the sign; -0 -> +0) the
-    // integer order is the float order, and NaNs (above 0x7F800000) count as 0 (a bit mask: as
-    // a select, GCC keeps the loop scalar). Exact in any order, so the loop vectorises (a float
-    // max reduction does not without -ffast-math).
-    uint32_t mbits = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        uint32_t b;
-        std::memcpy(&b, x + i, 4);
-        b &= 0x7FFFFFFFu;
-        b &= 0u - static_cast<uint32_t>(b <= 0x7F800000u);
-        mbits = std::max(mbits, b);
-    }
-    float amax;
-    std::memcpy(&amax, &mbits, 4);
-    const float s = 127.0f / std::max(amax, 1e-5f);
-    // |x * s| <= 127 * (1 + 2^-23) here (or NaN), inside round_half_even_small's range.
-    for (int64_t i = 0; i < n; ++i) {
-        float r = round_half_even_small(x[i] * s);
-        r = r > -128.0f ? r : -128.0f;   // NaN -> -128, as std::max(-128.0f, NaN)
-        r = r < 127.0f ? r : 127.0f;
-        q[i] = static_cast<int8_t>(static_cast<int32_t>(r));
-    }
-    return s;
+float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
+    // The specification is sim::ref_quantize_i8 (sim/kernels/ref.cpp); every kernel table's
+    // version matches it bit for bit (tests/cpp/kernel_check.cpp).
+    return sim::select_kernels().quantize_i8(x, n, q);
 }
 
 BITNET_HOST_CLONES void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
@@ -436,7 +404,7 @@ void Engine::forward_hidden(const std::vector<ForwardRow>& rows, std::vector<flo
                 }
                 if (w) rmsnorm(src, w->data(), n, c.rms_eps, dst);
                 else if (src != dst) std::copy(src, src + n, dst);
-                sx[r] = quantize_row_i8(dst, n, q8.data() + r * n);
+                sx[r] = kernels_->quantize_i8(dst, n, q8.data() + r * n);
             }
         });
     };

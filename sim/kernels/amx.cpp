@@ -394,7 +394,7 @@ bool amx_available() {
 const KernelTable& amx_kernels() {
     const KernelTable& b = avx512_kernels();
     static const KernelTable table{"amx",           amx_gemm,        b.dot_f16, b.dot_f32, amx_dot_i8, amx_prepared_size,
-                                   amx_prepare_act, b.read_sum, 16};
+                                   amx_prepare_act, b.read_sum, 16,        b.quantize_i8};
     return table;
 }
 

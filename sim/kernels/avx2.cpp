@@ -741,10 +741,61 @@ uint64_t avx2_read_sum(const uint8_t* p, int64_t n) {
     return s[0] + s[1] + s[2] + s[3];
 }
 
+// ref_quantize_i8, 8 elements a vector (see avx512_quantize_i8: the saturating packs are the
+// clamp); 32 at a time, then the reference's scalar steps for the tail.
+inline float round_half_even_small(float v) { return (v + 12582912.0f) - 12582912.0f; }
+
+float avx2_quantize_i8(const float* x, int64_t n, int8_t* q) {
+    const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
+    __m256i m0 = _mm256_setzero_si256(), m1 = _mm256_setzero_si256();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i b0 = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), abs_mask);
+        __m256i b1 = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 8)), abs_mask);
+        b0 = _mm256_andnot_si256(_mm256_cmpgt_epi32(b0, inf), b0);   // NaN -> 0 (b < 2^31: a signed compare)
+        b1 = _mm256_andnot_si256(_mm256_cmpgt_epi32(b1, inf), b1);
+        m0 = _mm256_max_epu32(m0, b0);
+        m1 = _mm256_max_epu32(m1, b1);
+    }
+    alignas(32) uint32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_max_epu32(m0, m1));
+    uint32_t mbits = 0;
+    for (int l = 0; l < 8; ++l) mbits = lanes[l] > mbits ? lanes[l] : mbits;
+    for (; i < n; ++i) {
+        uint32_t b;
+        __builtin_memcpy(&b, x + i, 4);
+        b &= 0x7FFFFFFFu;
+        b = b <= 0x7F800000u ? b : 0u;
+        mbits = b > mbits ? b : mbits;
+    }
+    float amax;
+    __builtin_memcpy(&amax, &mbits, 4);
+    const float s = 127.0f / (amax < 1e-5f ? 1e-5f : amax);   // amax is never NaN
+    const __m256 vs = _mm256_set1_ps(s), magic = _mm256_set1_ps(12582912.0f);
+    const auto codes = [&](const float* p) {   // NaN -> INT32_MIN, which the packs saturate to -128
+        return _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p), vs), magic), magic));
+    };
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (i = 0; i + 32 <= n; i += 32) {
+        const __m256i ab = _mm256_packs_epi32(codes(x + i), codes(x + i + 8));
+        const __m256i cd = _mm256_packs_epi32(codes(x + i + 16), codes(x + i + 24));
+        const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), bytes);
+    }
+    for (; i < n; ++i) {
+        float r = round_half_even_small(x[i] * s);
+        r = r > -128.0f ? r : -128.0f;
+        r = r < 127.0f ? r : 127.0f;
+        q[i] = static_cast<int8_t>(static_cast<int32_t>(r));
+    }
+    return s;
+}
+
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-    static const KernelTable table{"avx2", avx2_gemm, avx2_dot_f16, avx2_dot_f32, avx2_dot_i8, nullptr, nullptr, avx2_read_sum};
+    static const KernelTable table{"avx2",        avx2_gemm, avx2_dot_f16, avx2_dot_f32, avx2_dot_i8, nullptr, nullptr,
+                                   avx2_read_sum, 1,         avx2_quantize_i8};
     return table;
 }
 

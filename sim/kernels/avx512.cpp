@@ -724,11 +724,55 @@ uint64_t avx512_read_sum(const uint8_t* p, int64_t n) {
     return static_cast<uint64_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(a, b)));
 }
 
+// ref_quantize_i8, 16 elements a step: the amax as an unsigned maximum of the |x| bit
+// patterns (NaN lanes masked out), then x * s rounded by adding and subtracting 1.5 * 2^23,
+// the reference's operations. The reference's clamp to [-128, 127] is done by the saturating
+// packs instead: r is an integer in [-127, 127] (|x| <= amax, so |x * s| <= 127 (1 + 2^-23)^2)
+// or NaN, whose truncation is INT32_MIN and saturates to -128, the reference's NaN code.
+// 2560 elements hot in L1 (Zen 4): 0.93 us for GCC's AVX-512 clone of the reference, 0.32 us
+// with the clamps (MAXPS / MINPS), 0.41 us with VPMOVDB to memory instead of the packs.
+float avx512_quantize_i8(const float* x, int64_t n, int8_t* q) {
+    const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+    __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512i b0 = _mm512_and_si512(_mm512_loadu_si512(x + i), abs_mask);
+        const __m512i b1 = _mm512_and_si512(_mm512_loadu_si512(x + i + 16), abs_mask);
+        m0 = _mm512_mask_max_epu32(m0, _mm512_cmple_epu32_mask(b0, inf), m0, b0);
+        m1 = _mm512_mask_max_epu32(m1, _mm512_cmple_epu32_mask(b1, inf), m1, b1);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+        const __m512i b = _mm512_and_si512(_mm512_maskz_loadu_epi32(k, x + i), abs_mask);   // lanes past n: 0
+        m0 = _mm512_mask_max_epu32(m0, _mm512_cmple_epu32_mask(b, inf), m0, b);
+    }
+    const uint32_t mbits = _mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1));
+    float amax;
+    __builtin_memcpy(&amax, &mbits, 4);
+    const float s = 127.0f / (amax < 1e-5f ? 1e-5f : amax);   // amax is never NaN
+    const __m512 vs = _mm512_set1_ps(s), magic = _mm512_set1_ps(12582912.0f);
+    const auto codes = [&](__m512 v) {
+        return _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v, vs), magic), magic));
+    };
+    // 64 codes a step: two saturating packs and one dword permute put them in order.
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (i = 0; i + 64 <= n; i += 64) {
+        const __m512i ab = _mm512_packs_epi32(codes(_mm512_loadu_ps(x + i)), codes(_mm512_loadu_ps(x + i + 16)));
+        const __m512i cd = _mm512_packs_epi32(codes(_mm512_loadu_ps(x + i + 32)), codes(_mm512_loadu_ps(x + i + 48)));
+        _mm512_storeu_si512(q + i, _mm512_permutexvar_epi32(order, _mm512_packs_epi16(ab, cd)));
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+        _mm_mask_storeu_epi8(q + i, k, _mm512_cvtsepi32_epi8(codes(_mm512_maskz_loadu_ps(k, x + i))));   // saturating
+    }
+    return s;
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-    static const KernelTable table{"avx512",      avx512_gemm, avx512_dot_f16,  avx512_dot_f32, avx512_dot_i8,
-                                   nullptr,       nullptr,     avx512_read_sum, 2};
+    static const KernelTable table{"avx512",        avx512_gemm, avx512_dot_f16,  avx512_dot_f32, avx512_dot_i8,
+                                   nullptr,         nullptr,     avx512_read_sum, 2,              avx512_quantize_i8};
     return table;
 }
 

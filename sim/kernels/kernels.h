@@ -126,7 +126,15 @@ struct KernelTable {
     // kernels' cost grows with each vector). The fast head spends spare vectors on a second
     // int8 code of each hidden state (runtime.cpp).
     int64_t dot_i8_free_vectors = 1;
+    // The engine's activation quantisation (docs/NUMERICS.md "Activation quantisation"):
+    // amax = max |x_i| over the non-NaN x_i, s = 127 / max(amax, 1e-5), and
+    // q[i] = clamp(round_half_even(x[i] * s), -128, 127) with NaN -> -128; returns s.
+    // Every decode step quantises each row four times a layer, so it has SIMD versions too.
+    float (*quantize_i8)(const float* x, int64_t n, int8_t* q) = nullptr;
 };
+
+// The scalar specification of KernelTable::quantize_i8 (ref.cpp).
+float ref_quantize_i8(const float* x, int64_t n, int8_t* q);
 
 const KernelTable& ref_kernels();
 #if defined(__x86_64__) || defined(_M_X64)

@@ -154,7 +154,8 @@ uint64_t neon_read_sum(const uint8_t* p, int64_t n) {
 }  // namespace
 
 const KernelTable& neon_kernels() {
-    static const KernelTable table{"neon", neon_gemm, neon_dot_f16, neon_dot_f32, neon_dot_i8, nullptr, nullptr, neon_read_sum};
+    static const KernelTable table{"neon",        neon_gemm, neon_dot_f16, neon_dot_f32, neon_dot_i8, nullptr, nullptr,
+                                   neon_read_sum, 1,         ref_quantize_i8};
     return table;
 }
 

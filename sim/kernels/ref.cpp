@@ -1,8 +1,11 @@
 // ref.cpp: the scalar reference kernel, the specification every SIMD kernel must match bit
 // for bit. Readable first: decode one row of codes to t in {-1,0,1}, then a plain int32 dot
 // product against each activation row.
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
+#include "../multiversion.h"
 #include "kernels.h"
 
 namespace bitnet {
@@ -131,10 +134,46 @@ uint64_t ref_read_sum(const uint8_t* p, int64_t n) {
     return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
 }
 
+// Round half to even, as std::nearbyint under the default rounding mode (and torch.round), for
+// |v| < 2^22 (and NaN, which stays NaN): adding and subtracting 1.5 * 2^23 leaves v rounded to
+// an integer by the fp32 addition itself. Branch-free and vectorisable, where nearbyintf is a
+// library call per element.
+inline float round_half_even_small(float v) {
+    constexpr float kMagic = 12582912.0f;   // 1.5 * 2^23
+    return (v + kMagic) - kMagic;
+}
 }  // namespace
 
+BITNET_HOST_CLONES float ref_quantize_i8(const float* x, int64_t n, int8_t* q) {
+    // amax = max |x_i| over the non-NaN x_i (std::max(amax, NaN) skips NaN), as an integer
+    // maximum of the bit patterns: for non-negative floats (|x| clears the sign; -0 -> +0) the
+    // integer order is the float order, and NaNs (above 0x7F800000) count as 0 (a bit mask: as
+    // a select, GCC keeps the loop scalar). Exact in any order, so the loop vectorises (a float
+    // max reduction does not without -ffast-math).
+    uint32_t mbits = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t b;
+        std::memcpy(&b, x + i, 4);
+        b &= 0x7FFFFFFFu;
+        b &= 0u - static_cast<uint32_t>(b <= 0x7F800000u);
+        mbits = std::max(mbits, b);
+    }
+    float amax;
+    std::memcpy(&amax, &mbits, 4);
+    const float s = 127.0f / std::max(amax, 1e-5f);
+    // |x * s| <= 127 * (1 + 2^-23) here (or NaN), inside round_half_even_small's range.
+    for (int64_t i = 0; i < n; ++i) {
+        float r = round_half_even_small(x[i] * s);
+        r = r > -128.0f ? r : -128.0f;   // NaN -> -128, as std::max(-128.0f, NaN)
+        r = r < 127.0f ? r : 127.0f;
+        q[i] = static_cast<int8_t>(static_cast<int32_t>(r));
+    }
+    return s;
+}
+
 const KernelTable& ref_kernels() {
-    static const KernelTable table{"ref", ref_gemm, ref_dot_f16, ref_dot_f32, ref_dot_i8, nullptr, nullptr, ref_read_sum};
+    static const KernelTable table{"ref",        ref_gemm, ref_dot_f16, ref_dot_f32, ref_dot_i8, nullptr, nullptr,
+                                   ref_read_sum, 1,        ref_quantize_i8};
     return table;
 }
 

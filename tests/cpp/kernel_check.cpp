@@ -133,6 +133,38 @@ void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n
 // Slot memory (slot_memory.cpp): blocks of many sizes, allocated and freed in random order
 // across chunk boundaries, are 64-byte aligned, never overlap (each keeps its own pattern),
 // and a freed block's neighbours keep their contents.
+// quantize_i8: the same scale (bit for bit) and codes as the reference, on rows of every length
+// around the vector widths, with NaN, infinities, -0, subnormals, exact halves (x * s = k + 0.5:
+// round half to even) and rows whose amax is NaN-only, zero or infinite.
+void check_quantize(const KernelTable& k, std::mt19937_64& rng) {
+    const float nan = std::nanf(""), inf = HUGE_VALF;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_int_distribution<int> pick(0, 15);
+    for (int64_t n : {0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 2560, 2561, 6912})
+        for (int mode = 0; mode < 8; ++mode) {
+            std::vector<float> x(static_cast<size_t>(n));
+            for (float& v : x) {
+                v = normal(rng) * (mode == 1 ? 1e-30f : mode == 2 ? 1e30f : 3.0f);
+                if (mode == 3) {   // specials sprinkled in
+                    const int c = pick(rng);
+                    v = c == 0 ? nan : c == 1 ? -nan : c == 2 ? -0.0f : c == 3 ? 1e-40f : c == 4 ? -1e-41f : v;
+                }
+            }
+            if (mode == 4 && n > 0) x[static_cast<size_t>(n) / 2] = inf;      // amax = inf: s = 0, inf * 0 = NaN
+            if (mode == 5) for (float& v : x) v = nan;                            // amax over no values: 0
+            if (mode == 6) for (float& v : x) v = 0.0f;
+            if (mode == 7 && n > 0) {   // amax 127: s = 1 exactly, so x = k + 0.5 hits the halfway cases
+                for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 255) - 127) + 0.5f;
+                x[0] = 127.0f;
+            }
+            std::vector<int8_t> qr(static_cast<size_t>(n) + 1, 99), qk(static_cast<size_t>(n) + 1, 99);
+            const float sr = ref_kernels().quantize_i8(x.data(), n, qr.data());
+            const float sk = k.quantize_i8(x.data(), n, qk.data());
+            expect(std::memcmp(&sr, &sk, 4) == 0 && qr == qk,   // qr[n] = 99: nothing written past n
+                   std::string(k.name) + " quantize_i8 n=" + std::to_string(n) + " mode " + std::to_string(mode));
+        }
+}
+
 void check_slot_memory(std::mt19937_64& rng) {
     struct Block {
         uint8_t* p;
@@ -285,6 +317,7 @@ int main(int argc, char** argv) {
         for (int64_t n : {1, 7, 15, 16, 17, 64, 100, 128, 2560, 2561})
             for (int64_t nx : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17, 24})
                 for (int64_t R : {1, 2, 3, 9, 16, 17, 33, 64, 69}) check_dots(k, rng, R, n, nx);   // AMX dot_i8: 16-row groups
+        check_quantize(k, rng);
         {   // read_sum: the same checksum as the reference, for any length that is a multiple of 64
             std::vector<uint8_t> raw(64 * 1000 + 64);
             uint8_t* p = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;
