@@ -382,6 +382,9 @@ void bind_runtime(py::module_& m) {
               return out;
           },
           py::arg("kernel"), py::arg("rows"), py::arg("x"));
+    // The host thread pool's view of the CPUs (thread_pool.h), for tests and `bitnet bench`.
+    m.def("_usable_cpus", &ThreadPool::usable_cpus);
+    m.def("_cgroup_cpu_limit", &ThreadPool::cgroup_cpu_limit, py::arg("proc_cgroup"), py::arg("root"));
     // The host's RMSNorm (runtime.cpp) on rows of x [R, n], for tests of its summation order.
     m.def("_rmsnorm",
           [](const py::array_t<float, py::array::c_style | py::array::forcecast>& x,

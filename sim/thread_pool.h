@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -46,14 +47,27 @@ public:
     void parallel_for_guided(int64_t n, int64_t min_grain, int64_t quantum,
                              const std::function<void(int64_t, int64_t)>& fn);
 
-    // Default thread count: $BITNET_NUM_THREADS, else the number of online CPUs.
+    // Default thread count: $BITNET_NUM_THREADS, else usable_cpus().
     static int default_threads();
+    // CPUs this process can use: its affinity mask (taskset, cpusets), capped by its cgroup's
+    // CPU quota rounded up (docker --cpus, Kubernetes CPU limits); the online CPUs elsewhere.
+    static int usable_cpus();
+    // The CPU quota (in CPUs) of the cgroup named in `proc_cgroup` (a /proc/<pid>/cgroup file),
+    // the smallest along its path to the root, read under `root` (where cgroupfs is mounted);
+    // 0 if there is none or it cannot be read. Linux only (0 elsewhere).
+    static double cgroup_cpu_limit(const std::string& proc_cgroup, const std::string& root);
 
 private:
     void worker_loop();
     void run_chunks();
+    // One spin-wait step: PAUSE, or a yield to the OS when there are more threads than CPUs.
+    void relax() const {
+        if (oversubscribed_) std::this_thread::yield();
+        else cpu_relax();
+    }
 
     int n_threads_;
+    bool oversubscribed_ = false;
     std::vector<std::thread> workers_;
     std::mutex call_mutex_;   // one parallel_for at a time
 

@@ -5,6 +5,9 @@ Every test that touches the card runs on both simulator devices: "sim" (direct) 
 "sim+ioctl" (the kernel transport over the emulated driver, docs/DEVICE_ABI.md)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -336,3 +339,64 @@ def test_card_fault_during_logits_and_matmul(dev):
     assert e.value.code == ErrorCode.HW_ERROR and dev.status.state == "ERROR"
     dev.reset()
     assert np.allclose(dev.matmul(np.ones(8, np.float32), slot), 8.0)
+
+
+# ----------------------------------------------------------------------------- host threads
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity (Linux)")
+def test_default_threads_follow_the_affinity_mask(tiny_model):
+    # `taskset -c 0 python ...`, a cpuset or a container's CPU list: the default is the CPUs
+    # the process may run on, not every CPU of the host (threads beyond them wait on each other).
+    code = ("import os\nos.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "import bitnet\nwith bitnet.BitNet('sim') as bn:\n    print(bn.card_info()['n_threads'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "BITNET_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    with BitNet("sim") as bn:   # here: this process's own CPUs (or $BITNET_NUM_THREADS)
+        want = int(os.environ.get("BITNET_NUM_THREADS", len(os.sched_getaffinity(0))))
+        assert bn.card_info()["n_threads"] <= max(want, 1)
+
+
+def test_more_threads_than_cpus_give_the_same_tokens(small_model):
+    # The pool's workers yield instead of spinning when they outnumber the CPUs; the work is
+    # the same, cut among more threads.
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    runs = {}
+    for n in (1, cpus + 2):
+        with BitNet("sim", n_threads=n) as bn:
+            bn.load_weights(small_model)
+            assert bn.card_info()["n_threads"] == n
+            runs[n] = bn.inference([1, 2, 3, 4, 5], max_output=12, stop_token_ids=[])
+    assert runs[1].shape == (12,) and np.array_equal(runs[1], runs[cpus + 2])
+
+
+def _cgroup_tree(tmp_path, proc: str, files: dict) -> tuple:
+    (tmp_path / "proc").write_text(proc)
+    for rel, text in files.items():
+        f = tmp_path / "fs" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return str(tmp_path / "proc"), str(tmp_path / "fs")
+
+
+@pytest.mark.parametrize("proc, files, want", [
+    # cgroup v2, the smallest quota on the path wins: 1.5 CPUs on the parent, none below.
+    ("0::/a/b\n", {"a/b/cpu.max": "max 100000\n", "a/cpu.max": "150000 100000\n", "cpu.max": "max 100000\n"}, 1.5),
+    # v2 in a cgroup namespace (a container): its own cgroup is "/".
+    ("0::/\n", {"cpu.max": "200000 100000\n"}, 2.0),
+    # v1 (docker --cpus=3 on a hybrid host), the quota in the cpu,cpuacct hierarchy.
+    ("12:memory:/docker/x\n4:cpu,cpuacct:/docker/x\n0::/\n",
+     {"cpu,cpuacct/docker/x/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n",
+      "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 3.0),
+    # No limit anywhere, an unreadable or garbled file: no quota (0).
+    ("0::/a\n", {"a/cpu.max": "max 100000\n"}, 0.0),
+    ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.0),
+    ("garbage\n", {}, 0.0),
+    ("0::/a\n", {"a/cpu.max": "oops\n"}, 0.0),
+])
+def test_cgroup_cpu_quota(tmp_path, proc, files, want):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("cgroups are Linux's")
+    assert bitnet._core._cgroup_cpu_limit(*_cgroup_tree(tmp_path, proc, files)) == want
+    assert bitnet._core._cgroup_cpu_limit(str(tmp_path / "missing"), str(tmp_path)) == 0.0

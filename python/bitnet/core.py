@@ -217,7 +217,9 @@ class BitNet:
         bandwidth (GB/s).
     n_threads : int, optional
         Host threads for the simulator's engine and the host side of the model. ``None``
-        means ``$BITNET_NUM_THREADS``, else every CPU.
+        means ``$BITNET_NUM_THREADS``, else the CPUs this process may use: its affinity mask
+        (``taskset``, cpusets) capped by its cgroup's CPU quota (``docker --cpus``,
+        Kubernetes CPU limits). More threads than that work, but decode is slower.
 
     The object is a context manager; :meth:`close` is idempotent and any call after it
     raises :class:`BitNetError` (code ``CLOSED``).
