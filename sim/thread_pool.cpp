@@ -143,12 +143,14 @@ void ThreadPool::run_chunks() {
 void ThreadPool::worker_loop() {
     uint64_t seen = 0;
     for (;;) {
-        // Spin briefly before sleeping: calls come in quick succession during a forward pass
-        // and a futex wake-up costs more than the work of a small matmul.
-        // With more threads than CPUs, a spinning worker holds a CPU that a thread with work
-        // needs, so it yields instead (relax()). Decode of a 700M-shaped model on 2 CPUs (Zen 4):
-        // 3 threads 46 -> 9.7 ms a token, 4 threads 74 -> 9.4 ms; 2 threads take 8-10 ms.
-        for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen; ++spin) relax();
+        // Spin briefly (about 2.6 ms) before sleeping: calls come in quick succession during a
+        // forward pass and a futex wake-up costs more than the work of a small matmul. The
+        // spin yields after its first microseconds (relax()). Decode of a 700M-shaped model on
+        // 2 CPUs (Zen 4), against 20000 PAUSEs (0.5 ms): 3 threads 46 -> 9.7 ms a token, 4
+        // threads 74 -> 9.4; two processes of 2 threads each 50 -> 14-24 ms (1000 steps, 0.5
+        // ms: 19-20); one process of 2 threads 8-10 ms either way (paired runs, 2B-4T shape
+        // too: within 1%).
+        for (int spin = 0; spin < 4000 && generation_.load(std::memory_order_acquire) == seen; ++spin) relax(spin);
         {
             std::unique_lock<std::mutex> lock(mu_);
             start_cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
@@ -184,8 +186,9 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     start_cv_.notify_all();
     run_chunks();
     // The workers are finishing their last chunks: spin briefly rather than sleep, since being
-    // woken again costs far more than the wait (tens of microseconds under a hypervisor).
-    for (int spin = 0; spin < 4000 && busy_workers_.load(std::memory_order_acquire) != 0; ++spin) relax();
+    // woken again costs far more than the wait (tens of microseconds under a hypervisor); about
+    // 0.1 ms, PAUSE then yields (relax()).
+    for (int spin = 0; spin < 350 && busy_workers_.load(std::memory_order_acquire) != 0; ++spin) relax(spin);
     {
         std::unique_lock<std::mutex> lock(mu_);
         done_cv_.wait(lock, [&] { return busy_workers_.load() == 0; });
