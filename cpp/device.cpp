@@ -607,7 +607,8 @@ std::vector<float> Device::matmul(int layer_id, const float* x, int64_t B, int64
         std::vector<float> y(static_cast<size_t>(B * info.n));
         std::vector<int8_t> q(static_cast<size_t>(B * k));
         std::vector<float> sx(static_cast<size_t>(B));
-        for (int64_t b = 0; b < B; ++b) sx[b] = quantize_row_i8(x + b * k, k, q.data() + b * k);
+        const sim::KernelTable& kernels = sim::select_kernels();   // looked up once, not per row
+        for (int64_t b = 0; b < B; ++b) sx[b] = kernels.quantize_i8(x + b * k, k, q.data() + b * k);
         MatmulCommand cmd;
         cmd.q = q.data();
         cmd.sx = sx.data();

@@ -8,17 +8,11 @@
 #include <limits>
 #include <mutex>
 
-// Host loops that run every layer (attention, norms, activation quantisation) are
+// Host loops that run every layer (attention, norms) are
 // multi-versioned (BITNET_HOST_CLONES, multiversion.h): bit-identical on every CPU.
 #include "../sim/multiversion.h"
 
 namespace bitnet {
-
-float quantize_row_i8(const float* x, int64_t n, int8_t* q) {
-    // The specification is sim::ref_quantize_i8 (sim/kernels/ref.cpp); every kernel table's
-    // version matches it bit for bit (tests/cpp/kernel_check.cpp).
-    return sim::select_kernels().quantize_i8(x, n, q);
-}
 
 BITNET_HOST_CLONES void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out) {
     // Squares (exact in double) summed in double in the order of docs/NUMERICS.md: 16 partial

@@ -20,9 +20,8 @@
 
 namespace bitnet {
 
-// Per-token absmax int8 quantisation (REFERENCE.md 1.1): s = 127 / max(max|x|, 1e-5),
-// q = clamp(round_half_even(x * s), -128, 127). Returns s.
-float quantize_row_i8(const float* x, int64_t n, int8_t* q);
+// Per-token absmax int8 quantisation (REFERENCE.md 1.1) is sim::KernelTable::quantize_i8
+// (spec: sim::ref_quantize_i8).
 
 // RMSNorm: out = w * (x * (1 / sqrt(mean(x^2) + eps))), mean accumulated in double.
 void rmsnorm(const float* x, const float* w, int64_t n, float eps, float* out);
