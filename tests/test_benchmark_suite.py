@@ -537,3 +537,16 @@ def test_bitnet_bench_depth_cli(model):
     assert "| pp2 @ d5 |" in r.stdout and "| tg2 @ d5 |" in r.stdout and "KV cache" in r.stdout
     bad = _run("-m", "bitnet", "bench", "-m", model, "-p", "2", "-n", "2", "-r", "1", "-d", "-1")
     assert bad.returncode != 0 and "-d must be >= 0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity (Linux)")
+def test_bench_default_threads_are_the_usable_cpus(model):
+    """Without -t, `bitnet bench` runs the library's default thread count (the CPUs this
+    process may use), not os.cpu_count(): under a one-CPU affinity mask, one thread."""
+    code = ("import os, sys\nos.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "from bitnet.cli import main\nsys.exit(main(['bench', '-m', sys.argv[1], '-p', '4', '-n', '2', '-r', '1']))\n")
+    env = {k: v for k, v in os.environ.items() if k != "BITNET_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code, model], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| tiny.gguf")]
+    assert rows and all(r[4].strip() == "1" for r in rows), out.stdout

@@ -291,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--top-k", type=int, default=0)
         sp.add_argument("--top-p", type=float, default=1.0)
         sp.add_argument("--seed", type=int, default=None)
-        sp.add_argument("-t", "--threads", type=int, default=None, help="host threads (default: all CPUs)")
+        sp.add_argument("-t", "--threads", type=int, default=None, help="host threads (default: the CPUs this process may use)")
         sp.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
         sp.add_argument("--tokenizer", default=None, help="tokenizer.json to use instead of the model's own")
         _progress_args(sp, "the loading spinner")

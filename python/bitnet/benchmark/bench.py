@@ -270,7 +270,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="GGUF model file")
     p.add_argument("-p", "--n-prompt", type=int, default=128)
     p.add_argument("-n", "--n-gen", type=int, default=64)
-    p.add_argument("-t", "--threads", default=None, help="thread count, or a list such as 1,2 (default: all CPUs)")
+    p.add_argument("-t", "--threads", default=None, help="thread count, or a list such as 1,2 (default: the CPUs this process may use)")
     p.add_argument("-r", "--reps", type=int, default=3)
     p.add_argument("-d", "--depth", type=int, default=0,
                    help="tokens of context already in the KV cache before each test (llama-bench's -d)")
@@ -284,6 +284,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also measure the machine's read bandwidth (right before and after every tg "
                         "repetition, and once per thread count at the end) and report each tg test "
                         "against that bound")
+
+
+def _usable_cpus() -> int:
+    from .. import _core
+
+    return int(_core._usable_cpus())
 
 
 def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
@@ -314,7 +320,9 @@ def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``bitnet bench`` with parsed ``args``; print the table; return the exit code."""
-    threads_list = _int_list(args.threads, "-t", 1) if args.threads else [os.cpu_count() or 1]
+    # Default: the library's own thread count (the CPUs this process may use: affinity mask and
+    # cgroup quota), not os.cpu_count(), which counts every CPU of the host.
+    threads_list = _int_list(args.threads, "-t", 1) if args.threads else [_usable_cpus()]
     batches = _int_list(args.batch, "--batch", 1)
     depth = getattr(args, "depth", 0)
     for name, v, lo in (("-p", args.n_prompt, 0), ("-n", args.n_gen, 0), ("-r", args.reps, 1), ("-d", depth, 0)):
