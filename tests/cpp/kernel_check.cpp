@@ -129,10 +129,6 @@ void check_dots(const KernelTable& k, std::mt19937_64& rng, int64_t R, int64_t n
                              " nx=" + std::to_string(nx));
 }
 
-
-// Slot memory (slot_memory.cpp): blocks of many sizes, allocated and freed in random order
-// across chunk boundaries, are 64-byte aligned, never overlap (each keeps its own pattern),
-// and a freed block's neighbours keep their contents.
 // quantize_i8: the same scale (bit for bit) and codes as the reference, on rows of every length
 // around the vector widths, with NaN, infinities, -0, subnormals, exact halves (x * s = k + 0.5:
 // round half to even) and rows whose amax is NaN-only, zero or infinite.
@@ -154,7 +150,7 @@ void check_quantize(const KernelTable& k, std::mt19937_64& rng) {
             if (mode == 5) for (float& v : x) v = nan;                            // amax over no values: 0
             if (mode == 6) for (float& v : x) v = 0.0f;
             if (mode == 7 && n > 0) {   // amax 127: s = 1 exactly, so x = k + 0.5 hits the halfway cases
-                for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 255) - 127) + 0.5f;
+                for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 254) - 127) + 0.5f;
                 x[0] = 127.0f;
             }
             std::vector<int8_t> qr(static_cast<size_t>(n) + 1, 99), qk(static_cast<size_t>(n) + 1, 99);
@@ -162,9 +158,17 @@ void check_quantize(const KernelTable& k, std::mt19937_64& rng) {
             const float sk = k.quantize_i8(x.data(), n, qk.data());
             expect(std::memcmp(&sr, &sk, 4) == 0 && qr == qk,   // qr[n] = 99: nothing written past n
                    std::string(k.name) + " quantize_i8 n=" + std::to_string(n) + " mode " + std::to_string(mode));
+            if (mode == 7 && n > 0) {   // s = 1: the reference itself rounds each half to even
+                bool halves_even = sr == 1.0f;
+                for (int64_t i = 0; i < n; ++i) halves_even = halves_even && qr[static_cast<size_t>(i)] == static_cast<int8_t>(std::nearbyint(x[static_cast<size_t>(i)]));
+                expect(halves_even, "ref quantize_i8 rounds halves to even, n=" + std::to_string(n));
+            }
         }
 }
 
+// Slot memory (slot_memory.cpp): blocks of many sizes, allocated and freed in random order
+// across chunk boundaries, are 64-byte aligned, never overlap (each keeps its own pattern),
+// and a freed block's neighbours keep their contents.
 void check_slot_memory(std::mt19937_64& rng) {
     struct Block {
         uint8_t* p;
