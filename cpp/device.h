@@ -118,7 +118,7 @@ public:
     // spec: "sim" (the simulator, called directly), "sim+ioctl" (the kernel transport over the
     // emulated driver of the simulator), or "/dev/bitnetN" (a card through its driver; the
     // profile then comes from the card and `profile` is not used).
-    // n_threads <= 0: ThreadPool::default_threads() ($BITNET_NUM_THREADS or all CPUs).
+    // n_threads <= 0: ThreadPool::default_threads() ($BITNET_NUM_THREADS, else the usable CPUs).
     Device(const std::string& spec, const sim::BoardProfile& profile, int n_threads = 0,
            const EmulatedDriverOptions& emu = EmulatedDriverOptions());
     int n_threads() const { return pool_->size(); }

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per request (default 32)")
     p.add_argument("--gen-len", type=int, default=32, help="generated tokens per request, >= 2 (default 32)")
     p.add_argument("--device", default=None, help="sim, sim+ioctl or /dev/bitnetN (default: auto)")
-    p.add_argument("--threads", "-t", type=int, default=None, help="simulator host threads (default: all CPUs)")
+    p.add_argument("--threads", "-t", type=int, default=None,
+                   help="simulator host threads (default: the CPUs this process may use)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     p.add_argument("--bandwidth-mib", type=int, default=256, help="buffer of the read-bandwidth probe (MiB)")
     p.add_argument("--format", "-f", default=None, choices=[*FORMATS, "md"],

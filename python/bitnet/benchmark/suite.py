@@ -128,7 +128,7 @@ class BenchmarkConfig:
         Prompt tokens per request (>= 1) and tokens generated per request (>= 2, so that there
         is a decode step to time).
     threads : int, optional
-        Host threads of the simulator (``None``: ``$BITNET_NUM_THREADS`` or every CPU).
+        Host threads of the simulator (``None``: ``$BITNET_NUM_THREADS`` or the CPUs this process may use).
     seed : int
         Seed of the random prompts.
     bandwidth_mib : int
