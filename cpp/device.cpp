@@ -136,7 +136,7 @@ void Job::rethrow_if_failed() const {
 // --------------------------------------------------------------------------------- Device
 
 Device::Device(const std::string& spec, const sim::BoardProfile& profile, int n_threads, const EmulatedDriverOptions& emu)
-    : spec_(spec) {
+    : spec_(spec), kernels_(&sim::select_kernels()) {
     pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : ThreadPool::default_threads());
     if (spec == "sim") {
         transport_ = make_sim_transport(profile, pool_.get());
@@ -607,8 +607,7 @@ std::vector<float> Device::matmul(int layer_id, const float* x, int64_t B, int64
         std::vector<float> y(static_cast<size_t>(B * info.n));
         std::vector<int8_t> q(static_cast<size_t>(B * k));
         std::vector<float> sx(static_cast<size_t>(B));
-        const sim::KernelTable& kernels = sim::select_kernels();   // looked up once, not per row
-        for (int64_t b = 0; b < B; ++b) sx[b] = kernels.quantize_i8(x + b * k, k, q.data() + b * k);
+        for (int64_t b = 0; b < B; ++b) sx[b] = kernels_->quantize_i8(x + b * k, k, q.data() + b * k);
         MatmulCommand cmd;
         cmd.q = q.data();
         cmd.sx = sx.data();

@@ -183,6 +183,8 @@ private:
     mutable std::mutex mu_;
     std::shared_ptr<Model> model_;
     std::unique_ptr<Engine> engine_;
+    // The host's kernels (activation quantisation of matmul()), taken once as Engine does.
+    const sim::KernelTable* kernels_ = nullptr;
     std::shared_ptr<Job> job_;
     // The thread of the last job. worker_mu_ guards it: submit() starts the thread and only
     // then assigns worker_, but the job may finish and release() the device before that

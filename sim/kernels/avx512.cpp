@@ -733,6 +733,9 @@ uint64_t avx512_read_sum(const uint8_t* p, int64_t n) {
 // reference, 0.32 us with the clamps (MAXPS / MINPS) and 0.41 us with VPMOVDB to memory
 // instead of the packs.
 float avx512_quantize_i8(const float* x, int64_t n, int8_t* q) {
+    const auto lanes_from = [n](int64_t i) {   // the lanes of elements i.. that are < n
+        return n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    };
     const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
     __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
     int64_t i = 0;
@@ -743,7 +746,7 @@ float avx512_quantize_i8(const float* x, int64_t n, int8_t* q) {
         m1 = _mm512_mask_max_epu32(m1, _mm512_cmple_epu32_mask(b1, inf), m1, b1);
     }
     for (; i < n; i += 16) {
-        const __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+        const __mmask16 k = lanes_from(i);
         const __m512i b = _mm512_and_si512(_mm512_maskz_loadu_epi32(k, x + i), abs_mask);   // lanes past n: 0
         m0 = _mm512_mask_max_epu32(m0, _mm512_cmple_epu32_mask(b, inf), m0, b);
     }
@@ -763,7 +766,7 @@ float avx512_quantize_i8(const float* x, int64_t n, int8_t* q) {
         _mm512_storeu_si512(q + i, _mm512_permutexvar_epi32(order, _mm512_packs_epi16(ab, cd)));
     }
     for (; i < n; i += 16) {
-        const __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+        const __mmask16 k = lanes_from(i);
         _mm_mask_storeu_epi8(q + i, k, _mm512_cvtsepi32_epi8(codes(_mm512_maskz_loadu_ps(k, x + i))));   // saturating
     }
     return s;

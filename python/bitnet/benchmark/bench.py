@@ -286,12 +286,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "against that bound")
 
 
-def _usable_cpus() -> int:
-    from .. import _core
-
-    return int(_core._usable_cpus())
-
-
 def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
     lines = ["", "decode (per step: bytes read = card weights + output head; peak RSS during the test):"]
     for d in decode:
@@ -320,9 +314,12 @@ def _decode_report(decode: List[DecodeInfo], bandwidth: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``bitnet bench`` with parsed ``args``; print the table; return the exit code."""
+    from .. import _core
+    from .._progress import enabled
+
     # Default: the library's own thread count (the CPUs this process may use: affinity mask and
     # cgroup quota), not os.cpu_count(), which counts every CPU of the host.
-    threads_list = _int_list(args.threads, "-t", 1) if args.threads else [_usable_cpus()]
+    threads_list = _int_list(args.threads, "-t", 1) if args.threads else [int(_core._usable_cpus())]
     batches = _int_list(args.batch, "--batch", 1)
     depth = getattr(args, "depth", 0)
     for name, v, lo in (("-p", args.n_prompt, 0), ("-n", args.n_gen, 0), ("-r", args.reps, 1), ("-d", depth, 0)):
@@ -330,8 +327,6 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit(f"bitnet bench: {name} must be >= {lo}")
     head = args.head or ("fast" if args.fast_head else "exact")
     heads = [False, True] if head == "both" else [head == "fast"]
-    from .. import _core
-    from .._progress import enabled
 
     print(f"CPU: {platform.processor() or platform.machine()}; features: {cpu_features()}; "
           f"kernels available: {', '.join(_core.available_kernels())}; threads: {','.join(map(str, threads_list))}")
