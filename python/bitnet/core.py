@@ -196,6 +196,9 @@ def _job_tokens(job: Any, poll_ms: int) -> Iterator[int]:
             for t in new:
                 yield int(t)
         elif job.done:
+            # Done: every token is in, including any that arrived after the wait returned.
+            for t in job.tokens_from(seen).tolist():
+                yield int(t)
             return
 
 
